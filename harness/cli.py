@@ -1,0 +1,86 @@
+"""Command line: ``harness run | list | env``.
+
+User errors (bad config, unknown names, missing models) print one clear message and exit 2
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from harness.errors import HarnessError
+
+app = typer.Typer(
+    help="Benchmark LLM quantization schemes and LoRA adapters: memory, speed, accuracy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Pipes and CI logs get a wide console rather than rich's 80-column default, so tables stay whole.
+console = Console() if Console().is_terminal else Console(width=160)
+err_console = Console(stderr=True) if Console().is_terminal else Console(stderr=True, width=160)
+
+
+def fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Results directory [default: results/NAME].")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda [default: from file].")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rerun cells that already have a result.")] = False,
+    only: Annotated[
+        str | None, typer.Option(help="Run only cells whose id matches this glob.")
+    ] = None,
+) -> None:
+    """Run every cell of an experiment matrix, each in its own process, and collect the table."""
+    from harness.commands.run import run_experiment
+
+    try:
+        run_experiment(experiment, out=out, device=device, force=force, only=only, console=console)
+    except HarnessError as exc:
+        fail(exc)
+
+
+@app.command("list")
+def list_() -> None:
+    """Precisions, models and workloads the harness knows, with one-line descriptions."""
+    from harness.commands.listing import print_listing
+
+    print_listing(console)
+
+
+@app.command()
+def env(
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Device, memory, library versions and git sha as they will be recorded with results."""
+    from harness.config import resolve_device
+    from harness.measure.env import collect
+
+    if device not in ("auto", "cpu", "cuda"):
+        fail(HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda"))
+    info: dict[str, Any] = collect(resolve_device(device))
+    width = max(map(len, info))
+    for key, value in info.items():
+        console.print(f"{key:<{width}}  {value}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="harness")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

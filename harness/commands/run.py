@@ -1,0 +1,76 @@
+"""``harness run``: validate, expand, run the cells with a progress bar, collect, summarise."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from harness.config import expand, load_experiment
+from harness.errors import HarnessError
+from harness.paths import repo_root
+from harness.results import collect
+from harness.runner.local import CellOutcome, run_matrix
+from harness.summary import cell_line, summary_table
+
+
+def run_experiment(
+    path: Path,
+    *,
+    out: Path | None = None,
+    device: str | None = None,
+    force: bool = False,
+    only: str | None = None,
+    console: Console | None = None,
+) -> Any:
+    console = console or Console()
+    exp = load_experiment(path)
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda")
+    cells = expand(exp, device)
+    if only:
+        cells = [c for c in cells if fnmatch.fnmatch(c.id, only)]
+        if not cells:
+            raise HarnessError(f"--only '{only}' matches no cell of {exp.name}")
+    out_dir = out or _default_out(exp.name)
+    console.print(f"[bold]{exp.name}[/]: {len(cells)} cells -> {out_dir}")
+    with _progress(console) as progress:
+        task = progress.add_task("cells", total=len(cells), cell="")
+
+        def on_start(cell: Any) -> None:
+            progress.update(task, cell=cell.id)
+
+        def on_done(outcome: CellOutcome) -> None:
+            progress.console.print(cell_line(outcome), highlight=False)
+            progress.advance(task)
+
+        outcomes = run_matrix(cells, out_dir, force=force, on_start=on_start, on_done=on_done)
+    frame = collect(out_dir, cells)
+    console.print(summary_table(frame, exp.name))
+    reused = sum(o.reused for o in outcomes)
+    console.print(
+        f"{len(outcomes) - reused} cells run, {reused} reused from earlier runs. "
+        f"Results: {out_dir / 'results.parquet'} and {out_dir / 'results.csv'}"
+    )
+    return frame
+
+
+def _default_out(name: str) -> Path:
+    root = Path.cwd() if (Path.cwd() / "experiments").is_dir() else repo_root()
+    return root / "results" / name
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[cell]}"),
+        console=console,
+    )

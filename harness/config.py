@@ -1,0 +1,222 @@
+"""Experiment files: parsing, validation and expansion into cells.
+
+An experiment names models, precisions, adapters, seeds and workload settings; its matrix is
+their cross product. Each point is a frozen :class:`Cell` whose id is derived from its content,
+so a rerun finds finished cells and a changed setting makes a new cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from harness.errors import ConfigError, HarnessError
+from harness.schemes import get_handler, scheme_names
+from harness.workloads.settings import Workloads
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+ADAPTER_FORMS = ["none"]
+
+
+class PrecisionSpec(BaseModel):
+    """A precision by registry name, with optional overrides of its preset options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in scheme_names():
+            raise ValueError(f"unknown precision '{name}'; allowed: {', '.join(scheme_names())}")
+        return name
+
+    @model_validator(mode="after")
+    def _options_valid(self) -> PrecisionSpec:
+        handler = get_handler(self.name)
+        try:
+            handler.options(self.options)
+        except ValidationError as exc:
+            allowed = ", ".join(handler.Options.model_fields) or "(none)"
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(
+                f"bad options for precision '{self.name}': {problems}; allowed options: {allowed}"
+            ) from None
+        return self
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Preset + overrides, validated by the scheme: the options a cell really runs with."""
+        return get_handler(self.name).options(self.options).model_dump(mode="json")
+
+
+def _precision_from_yaml(value: Any) -> Any:
+    """``nf4`` or ``{name: nf4, blocksize: 128}`` -> PrecisionSpec fields."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict) and "name" in value and "options" not in value:
+        return {"name": value["name"], "options": {k: v for k, v in value.items() if k != "name"}}
+    return value
+
+
+class Experiment(BaseModel):
+    """One experiment file. Every key is checked; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Names the results directory ``results/NAME``."""
+    description: str = ""
+    models: list[str] = Field(min_length=1)
+    """``builtin:smollm2-135m``, ``synthetic:<preset>``, a local HF directory or a hub id."""
+    precisions: list[PrecisionSpec] = Field(min_length=1)
+    """Registry names (``harness list``), optionally with option overrides."""
+    adapters: list[str] = Field(default_factory=lambda: ["none"])
+    """Adapter axis; ``none`` runs the model as loaded."""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    device: DeviceName = "auto"
+    timeout_s: float = Field(1800.0, gt=0)
+    """Wall-clock limit of one cell; a cell past it is recorded with status ``timeout``."""
+    workloads: Workloads = Workloads()
+
+    @field_validator("precisions", mode="before")
+    @classmethod
+    def _precisions(cls, value: Any) -> Any:
+        return [_precision_from_yaml(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in ADAPTER_FORMS:
+                raise ValueError(f"unknown adapter '{name}'; allowed: {', '.join(ADAPTER_FORMS)}")
+        return value
+
+
+class Cell(BaseModel):
+    """One point of the matrix. Frozen; ``id`` is a readable name plus a content hash."""
+
+    model_config = ConfigDict(frozen=True)
+    experiment: str
+    model: str
+    precision: str
+    precision_options: dict[str, Any]
+    adapter: str
+    seed: int
+    device: Literal["cpu", "cuda"]
+    timeout_s: float
+    workloads: Workloads
+
+    def content(self) -> dict[str, Any]:
+        """What the measurement depends on. The experiment name and the timeout are left out:
+        the same cell in two experiments is the same measurement."""
+        data = self.model_dump(mode="json")
+        data.pop("experiment")
+        data.pop("timeout_s")
+        return data
+
+    @property
+    def content_hash(self) -> str:
+        blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", self.model.split(":")[-1].split("/")[-1])
+        return f"{slug}__{self.precision}__{self.adapter}__s{self.seed}__{self.content_hash}"
+
+
+def resolve_device(device: str) -> Literal["cpu", "cuda"]:
+    if device != "auto":
+        return device  # type: ignore[return-value]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def expand(exp: Experiment, device: str | None = None) -> list[Cell]:
+    """The matrix in a stable order: model, precision, adapter, seed."""
+    dev = resolve_device(device or exp.device)
+    cells = [
+        Cell(
+            experiment=exp.name,
+            model=model,
+            precision=prec.name,
+            precision_options=prec.resolved_options(),
+            adapter=adapter,
+            seed=seed,
+            device=dev,
+            timeout_s=exp.timeout_s,
+            workloads=exp.workloads,
+        )
+        for model, prec, adapter, seed in itertools.product(
+            exp.models, exp.precisions, exp.adapters, exp.seeds
+        )
+    ]
+    ids = [c.id for c in cells]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise HarnessError(f"experiment {exp.name} lists the same cell twice: {', '.join(dupes)}")
+    return cells
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; every problem is reported with its key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["file not found"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), ["top level must be a mapping of keys (name, models, ...)"])
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), [_describe(e) for e in exc.errors()]) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as 'key: problem', with the allowed keys for unknown ones."""
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{key}: unknown key{hint}"
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {msg} (got {error.get('input')!r})"
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    """Field names of the model found by walking ``loc`` down from Experiment."""
+    model: Any = Experiment
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        args = getattr(model, "__args__", None)
+        if args:  # list[PrecisionSpec] and the like
+            model = args[0]
+    return list(getattr(model, "model_fields", {}))

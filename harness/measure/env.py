@@ -1,0 +1,101 @@
+"""The environment a number was measured in; recorded on every result row."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from typing import Any
+
+from harness.paths import repo_root
+
+LIBRARIES = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "lm_eval", "harness"]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    """HEAD of the harness checkout, with ``-dirty`` when tracked files differ."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def total_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def collect(device: str = "cpu") -> dict[str, Any]:
+    """Device, driver, versions, git sha, python, cpu: flat keys for the results table."""
+    import torch
+
+    env: dict[str, Any] = {
+        "device": device,
+        "device_name": cpu_name(),
+        "driver": None,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_bytes": total_memory_bytes(),
+        "git_sha": git_sha(),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["device_name"] = props.name
+        env["device_memory_bytes"] = props.total_memory
+        env["compute_capability"] = f"{props.major}.{props.minor}"
+        env["driver"] = _nvidia_driver()
+    for lib in LIBRARIES:
+        env[f"{lib}_version"] = _version(lib)
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlSystemGetDriverVersion()
+    except Exception:
+        return None

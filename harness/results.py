@@ -1,0 +1,216 @@
+"""The results store: one JSON per cell, written atomically, collected into a tidy table.
+
+The per-cell JSON is the truth; ``results.parquet`` and ``results.csv`` are rebuilt from it.
+The table is long: one row per cell x metric, with the cell's settings and environment
+repeated on every row so any row stands on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.config import Cell
+from harness.errors import HarnessError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "skipped", "error", "oom", "timeout")
+FINISHED = ("ok", "skipped")
+ROW_FIELDS = [
+    "workload",
+    "metric",
+    "value",
+    "unit",
+    "stat",
+    "n",
+    "ci_low",
+    "ci_high",
+    "method",
+    "protocol",
+    "status",
+    "error",
+]
+CELL_FIELDS = [
+    "experiment",
+    "cell_id",
+    "model",
+    "precision",
+    "precision_options",
+    "storage",
+    "adapter",
+    "rank",
+    "seed",
+    "cell_status",
+    "started_at",
+    "duration_s",
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cell_path(out_dir: Path, cell: Cell) -> Path:
+    return out_dir / "cells" / f"{cell.id}.json"
+
+
+def make_record(
+    cell: Cell,
+    status: str,
+    rows: list[dict[str, Any]],
+    *,
+    error: str | None = None,
+    env: dict[str, Any] | None = None,
+    storage: str | None = None,
+    started_at: str | None = None,
+    duration_s: float | None = None,
+) -> dict[str, Any]:
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} not in {STATUSES}")
+    return {
+        "schema": SCHEMA_VERSION,
+        "cell_id": cell.id,
+        "cell": cell.model_dump(mode="json"),
+        "status": status,
+        "error": error,
+        "storage": storage,
+        "env": env or {},
+        "started_at": started_at,
+        "duration_s": duration_s,
+        "rows": [_clean_row(r) for r in rows],
+    }
+
+
+def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    value = row.get("value")
+    if isinstance(value, float) and not math.isfinite(value):
+        row = {**row, "value": None, "status": row.get("status", "error")}
+    return row
+
+
+def write_record(out_dir: Path, cell: Cell, record: dict[str, Any]) -> Path:
+    path = cell_path(out_dir, cell)
+    atomic_write_text(path, json.dumps(record, indent=1, default=str))
+    return path
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Load one cell JSON; a damaged file raises HarnessError naming it."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"corrupt results file {path}: {exc}") from None
+    missing = {"schema", "cell_id", "cell", "status", "rows"} - set(record)
+    if missing or record.get("status") not in STATUSES:
+        raise HarnessError(f"corrupt results file {path}: missing or bad keys {sorted(missing)}")
+    return record
+
+
+def stored_status(out_dir: Path, cell: Cell) -> str | None:
+    """Status of the stored result for ``cell``; None when there is none or it is unusable."""
+    path = cell_path(out_dir, cell)
+    if not path.is_file():
+        return None
+    try:
+        record = read_record(path)
+    except HarnessError:
+        return None
+    if record["schema"] != SCHEMA_VERSION or record["cell"] != cell.model_dump(mode="json"):
+        return None
+    return record["status"]
+
+
+def adapter_rank(adapter: str) -> int | None:
+    match = re.fullmatch(r"lora-r(\d+)", adapter)
+    return int(match.group(1)) if match else None
+
+
+def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flatten one cell record into tidy rows (a failed cell with no metrics keeps one row)."""
+    cell = record["cell"]
+    base = {
+        "experiment": cell["experiment"],
+        "cell_id": record["cell_id"],
+        "model": cell["model"],
+        "precision": cell["precision"],
+        "precision_options": json.dumps(cell["precision_options"], sort_keys=True),
+        "storage": record.get("storage"),
+        "adapter": cell["adapter"],
+        "rank": adapter_rank(cell["adapter"]),
+        "seed": cell["seed"],
+        "cell_status": record["status"],
+        "started_at": record.get("started_at"),
+        "duration_s": record.get("duration_s"),
+        **{k: v for k, v in record.get("env", {}).items() if k != "device"},
+        "device": cell["device"],
+    }
+    rows = record["rows"] or [{"status": record["status"], "error": record.get("error")}]
+    out = []
+    for row in rows:
+        flat = {name: row.get(name) for name in ROW_FIELDS}
+        flat["status"] = flat["status"] or "ok"
+        out.append({**base, **flat})
+    return out
+
+
+def collect(out_dir: Path, cells: list[Cell] | None = None) -> Any:
+    """Rebuild results.parquet and results.csv from the cell files; returns the DataFrame.
+
+    With ``cells`` only those cells are collected, so cells dropped from an experiment do not
+    linger in its table (their files stay on disk).
+    """
+    import pandas as pd
+
+    if cells is None:
+        paths = sorted((out_dir / "cells").glob("*.json"))
+    else:  # matrix order, so tables and reports list cells as the experiment does
+        paths = [cell_path(out_dir, c) for c in cells if cell_path(out_dir, c).is_file()]
+    rows = [row for p in paths for row in record_rows(read_record(p))]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    for column in ("value", "ci_low", "ci_high", "duration_s"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
+    _atomic_frame_write(frame, out_dir)
+    return frame
+
+
+def _atomic_frame_write(frame: Any, out_dir: Path) -> None:
+    for name, writer in (("results.parquet", "to_parquet"), ("results.csv", "to_csv")):
+        target = out_dir / name
+        tmp = out_dir / f".{name}.tmp"
+        getattr(frame, writer)(tmp, index=False)
+        os.replace(tmp, target)
+
+
+def load_table(results_dir: Path) -> Any:
+    """Read a collected table; rebuild it from cell files when the parquet is missing."""
+    import pandas as pd
+
+    parquet = results_dir / "results.parquet"
+    if parquet.is_file():
+        try:
+            return pd.read_parquet(parquet)
+        except Exception as exc:
+            raise HarnessError(f"corrupt results table {parquet}: {exc}") from None
+    if (results_dir / "cells").is_dir():
+        return collect(results_dir)
+    raise HarnessError(f"no results in {results_dir}: expected results.parquet or cells/")

@@ -1,0 +1,91 @@
+"""Run one cell in this process: load, apply the precision, run its workloads, make a record.
+
+Failures are data: a workload that raises becomes a row with status ``error`` (or ``oom``) and
+the other workloads still run; a precision that cannot run here makes the cell ``skipped``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import traceback
+from typing import Any
+
+from harness.config import Cell
+from harness.errors import SkipCell
+from harness.measure.env import collect as collect_env
+from harness.measure.memory import phase_rows, track_phase
+from harness.results import make_record
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc)
+
+
+def _failure_row(workload: str, exc: BaseException) -> dict[str, Any]:
+    status = "oom" if _is_oom(exc) else "error"
+    return {"workload": workload, "metric": "", "status": status, "error": _describe(exc)}
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.split('/')[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _cell_status(rows: list[dict[str, Any]]) -> str:
+    statuses = {r.get("status", "ok") for r in rows}
+    for worst in ("oom", "error", "timeout"):
+        if worst in statuses:
+            return worst
+    return "ok"
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Everything one cell measures, as a results record (see harness.results)."""
+    import torch
+
+    from harness import models
+    from harness.schemes import get_handler
+    from harness.workloads import get_runner
+
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    env = collect_env(cell.device)
+
+    def record(status: str, rows: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+        duration = time.perf_counter() - t0
+        return make_record(
+            cell, status, rows, env=env, started_at=started, duration_s=duration, **kw
+        )
+
+    handler = get_handler(cell.precision)
+    opts = handler.Options(**cell.precision_options)
+    reason = handler.unavailable(opts, cell.device)
+    if reason:
+        return record("skipped", [], error=reason)
+    torch.manual_seed(cell.seed)
+    try:
+        with track_phase(cell.device) as load_mem:
+            t_load = time.perf_counter()
+            loaded = handler.load(models.resolve(cell.model), opts, cell.device)
+            load_s = time.perf_counter() - t_load
+    except SkipCell as exc:
+        return record("skipped", [], error=str(exc))
+    except Exception as exc:
+        return record("oom" if _is_oom(exc) else "error", [], error=_describe(exc))
+    rows = [
+        {"workload": "load", "metric": "load_time_s", "value": load_s, "unit": "s"},
+        *({"workload": "load", **r} for r in phase_rows("load", load_mem)),
+        *({"workload": "load", **r} for r in loaded.rows),
+    ]
+    for name in cell.workloads.enabled():
+        settings = getattr(cell.workloads, name)
+        try:
+            produced = get_runner(name)(loaded, cell, settings)
+            rows.extend({"workload": name, **r} for r in produced)
+        except Exception as exc:
+            rows.append(_failure_row(name, exc))
+    return record(_cell_status(rows), rows, storage=loaded.storage)

@@ -1,0 +1,97 @@
+"""bitsandbytes precisions: LLM.int8() (with and without outlier decomposition), NF4 and FP4.
+
+Weights are quantized by bitsandbytes while transformers loads the model, so the stored bytes
+are real. ``int8`` keeps the published outlier threshold 6.0; ``int8-nodecomp`` sets it to 0,
+which turns the mixed-precision decomposition off (a default some tools pick silently).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+from pydantic import Field
+
+from harness.errors import HarnessError
+from harness.schemes.base import LoadedModel, SchemeHandler, SchemeOptions
+
+SUPPORTED_DEVICES = ("cpu", "cuda")
+
+
+class Int8Options(SchemeOptions):
+    threshold: float = Field(6.0, ge=0.0)
+    """``llm_int8_threshold``: activations above it go through the fp16 outlier path; 0 = off."""
+    skip_modules: tuple[str, ...] | None = None
+    """Modules kept unquantized; None keeps transformers' default (the lm_head)."""
+
+
+class FourBitOptions(SchemeOptions):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = False
+    """Quantize the per-block absmax constants again (8-bit, blocks of 256): QLoRA's DQ."""
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Matmul dtype; auto = bfloat16 on CUDA, float32 on CPU."""
+    blocksize: Literal[64] = 64
+    """Weights per absmax constant. transformers' loader fixes it at 64."""
+    skip_modules: tuple[str, ...] | None = None
+    """Modules kept unquantized; None keeps transformers' default (the lm_head)."""
+
+
+def _check_platform(device: str) -> None:
+    if device not in SUPPORTED_DEVICES:
+        raise HarnessError(
+            f"bitsandbytes does not support device '{device}' here; supported: "
+            f"{', '.join(SUPPORTED_DEVICES)}"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # a broken native library raises more than ImportError
+        raise HarnessError(f"bitsandbytes cannot be imported on this machine: {exc}") from exc
+
+
+def _load(source, config, device: str, compute_dtype: str, tokenizer=None) -> LoadedModel:
+    import torch
+
+    model = source.load_model(dtype=torch.float32, device=device, quantization_config=config)
+    return LoadedModel(model, tokenizer or source.tokenizer(), "quantized", compute_dtype)
+
+
+class Int8Scheme(SchemeHandler):
+    Options = Int8Options
+
+    def load(self, source, opts: Int8Options, device: str) -> LoadedModel:
+        _check_platform(device)
+        from transformers import BitsAndBytesConfig
+
+        config = BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_threshold=opts.threshold,
+            llm_int8_skip_modules=list(opts.skip_modules) if opts.skip_modules else None,
+        )
+        # int8 matmuls take fp16 inputs (bitsandbytes warns on every forward); the rest of
+        # the model stays fp32.
+        warnings.filterwarnings("ignore", message=".*inputs will be cast from")
+        loaded = _load(source, config, device, "float16")
+        loaded.notes["llm_int8_threshold"] = opts.threshold
+        return loaded
+
+
+class FourBitScheme(SchemeHandler):
+    Options = FourBitOptions
+
+    def load(self, source, opts: FourBitOptions, device: str) -> LoadedModel:
+        _check_platform(device)
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        compute = opts.compute_dtype
+        if compute == "auto":
+            compute = "bfloat16" if device == "cuda" else "float32"
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=opts.quant_type,
+            bnb_4bit_use_double_quant=opts.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, compute),
+            llm_int8_skip_modules=list(opts.skip_modules) if opts.skip_modules else None,
+        )
+        return _load(source, config, device, compute)

@@ -1,0 +1,168 @@
+"""Stored bytes of a model by category and dtype, and effective bits per parameter.
+
+Counts what the model really holds: each tensor once (tied embeddings share storage), packed
+quantized codes at their packed size, quantization state (scales, absmax, code tables,
+outliers) as its own category. "Parameters" means logical weights: a 4-bit layer of
+out x in weights counts out x in parameters even though it stores out x in / 2 bytes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+CATEGORIES = [
+    "quantized_weights",
+    "quant_state",
+    "linear_weights",
+    "lm_head",
+    "embeddings",
+    "norms",
+    "biases",
+    "buffers",
+    "other",
+]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored tensor: where it sits, what it is, its bytes and the weights it represents."""
+
+    name: str
+    category: str
+    dtype: str
+    nbytes: int
+    params: int
+
+
+def _tensor_entry(name: str, tensor: Any, category: str, params: int | None = None) -> Entry:
+    nbytes = tensor.numel() * tensor.element_size()
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return Entry(name, category, dtype, nbytes, tensor.numel() if params is None else params)
+
+
+def _plain_category(module: Any, pname: str, full_name: str, lm_head: Any) -> str:
+    import torch.nn as nn
+
+    cls = type(module).__name__
+    if module is lm_head:
+        return "lm_head" if pname == "weight" else "biases"
+    if isinstance(module, nn.Embedding):
+        return "embeddings"
+    if "Norm" in cls:
+        return "norms"
+    if pname == "bias":
+        return "biases"
+    if isinstance(module, nn.Linear):
+        return "linear_weights"
+    return "other"
+
+
+def inventory(model: Any) -> list[Entry]:
+    """Every stored tensor of ``model`` once, categorised.
+
+    Modules that store quantized weights describe themselves: a ``footprint_entries()`` method
+    (the harness's own QuantLinear) or a known bitsandbytes class.
+    """
+    from harness.workloads import footprint_bnb
+
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    seen: set[int] = set()
+    entries: list[Entry] = []
+    for mod_name, module in model.named_modules():
+        special = _special_entries(mod_name, module, footprint_bnb)
+        if special is not None:
+            tensors = special
+        else:
+            tensors = [
+                (f"{mod_name}.{p}", t, _plain_category(module, p, mod_name, lm_head), None)
+                for p, t in module.named_parameters(recurse=False)
+            ]
+        tensors += [
+            (f"{mod_name}.{b}", t, "buffers", 0)
+            for b, t in module.named_buffers(recurse=False)
+            if special is None
+        ]
+        for name, tensor, category, params in tensors:
+            key = _storage_key(tensor)
+            if key in seen:
+                continue
+            seen.add(key)
+            entries.append(_tensor_entry(name, tensor, category, params))
+    return entries
+
+
+def _special_entries(mod_name: str, module: Any, footprint_bnb: Any) -> list | None:
+    if hasattr(module, "footprint_entries"):
+        return [(f"{mod_name}.{n}", t, c, p) for n, t, c, p in module.footprint_entries()]
+    return footprint_bnb.entries(mod_name, module)
+
+
+def _storage_key(tensor: Any) -> int:
+    try:
+        return tensor.untyped_storage().data_ptr() + tensor.storage_offset()
+    except (RuntimeError, NotImplementedError):  # meta tensors have no storage
+        return id(tensor)
+
+
+def summarize(entries: list[Entry]) -> dict[str, float]:
+    """Totals by category and dtype, and effective bits per parameter."""
+    by_cat: dict[str, int] = defaultdict(int)
+    params_cat: dict[str, int] = defaultdict(int)
+    by_dtype: dict[str, int] = defaultdict(int)
+    for e in entries:
+        by_cat[e.category] += e.nbytes
+        params_cat[e.category] += e.params
+        by_dtype[e.dtype] += e.nbytes
+    total = sum(by_cat.values())
+    params = sum(params_cat.values())
+    out: dict[str, float] = {"bytes.total": total, "params.total": params}
+    out.update({f"bytes.{c}": by_cat[c] for c in CATEGORIES if c in by_cat})
+    out.update({f"params.{c}": params_cat[c] for c in CATEGORIES if params_cat.get(c)})
+    out.update({f"bytes_by_dtype.{d}": n for d, n in sorted(by_dtype.items())})
+    if params:
+        out["bits_per_param"] = 8 * (total - by_cat.get("buffers", 0)) / params
+    qparams = params_cat.get("quantized_weights", 0)
+    if qparams:
+        qbytes = by_cat["quantized_weights"] + by_cat.get("quant_state", 0)
+        out["bits_per_param_quantized"] = 8 * qbytes / qparams
+    return out
+
+
+def _unit(metric: str) -> str:
+    if metric.startswith("saving_vs"):
+        return "x"
+    if metric.startswith(("bits", "dq_saving_bits")):
+        return "bits"
+    return "count" if metric.startswith("params") else "bytes"
+
+
+def savings(summary: dict[str, float]) -> dict[str, float]:
+    """How many times smaller than fp32 / fp16 storage of the same parameters.
+
+    ``quantized_layers`` compares only the layers the scheme quantized (where "8-bit is 4x
+    smaller than fp32" applies); ``model`` compares everything stored, embeddings included.
+    """
+    out = {}
+    weights = summary["bytes.total"] - summary.get("bytes.buffers", 0)
+    qparams = summary.get("params.quantized_weights")
+    for ref, width in (("fp32", 4), ("fp16", 2)):
+        out[f"saving_vs_{ref}.model"] = summary["params.total"] * width / weights
+        if qparams:
+            qbytes = summary["bytes.quantized_weights"] + summary.get("bytes.quant_state", 0)
+            out[f"saving_vs_{ref}.quantized_layers"] = qparams * width / qbytes
+    return out
+
+
+def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
+    from harness.workloads.footprint_bnb import double_quant_rows
+
+    entries = inventory(loaded.model)
+    summary = summarize(entries)
+    summary.update(savings(summary))
+    summary.update(double_quant_rows(entries))
+    return [
+        {"metric": m, "value": float(v), "unit": _unit(m), "method": "stored-tensors"}
+        for m, v in summary.items()
+    ]

@@ -1,0 +1,76 @@
+"""Prefill and decode throughput, the bandwidth decode achieves, and each phase's peak memory.
+
+Prefill: one forward pass over ``batch_size x prompt_len`` corpus tokens (building the KV cache,
+as serving does). Decode: greedy ``generate`` of exactly ``new_tokens`` tokens
+(``min_new_tokens == max_new_tokens``); its first token comes from a prefill, so decode tokens/s
+is ``batch x (new_tokens - 1) / (generate time - median prefill time)``. Bandwidth achieved is
+the stored weight bytes read once per decode step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.data.tokens import corpus_tokens
+from harness.measure.memory import phase_rows, track_phase
+from harness.measure.timing import quantile, summary_rows, time_call
+from harness.workloads.footprint import inventory
+
+
+def _prompts(tokenizer: Any, settings: Any, device: Any) -> Any:
+    ids = corpus_tokens(tokenizer)
+    need = settings.batch_size * settings.prompt_len
+    if len(ids) < need:
+        raise ValueError(f"corpus has {len(ids)} tokens; the prompts need {need}")
+    return ids[:need].view(settings.batch_size, settings.prompt_len).to(device)
+
+
+def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
+    import torch
+
+    model, device = loaded.model, cell.device
+    model.eval()
+    prompts = _prompts(loaded.tokenizer, settings, model.device)
+    mask = torch.ones_like(prompts)
+    pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id
+    n_new = settings.new_tokens
+
+    def prefill() -> None:
+        model(input_ids=prompts, attention_mask=mask, use_cache=True)
+
+    def decode() -> None:
+        out = model.generate(
+            input_ids=prompts,
+            attention_mask=mask,
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        assert out.shape[1] == prompts.shape[1] + n_new
+
+    with torch.inference_mode():
+        with track_phase(device) as prefill_mem:
+            t_prefill = time_call(prefill, device, settings.warmup, settings.repeats)
+        with track_phase(device) as decode_mem:
+            t_generate = time_call(decode, device, settings.warmup, settings.repeats)
+    return _rows(loaded, settings, t_prefill, t_generate, prefill_mem, decode_mem)
+
+
+def _rows(loaded, settings, t_prefill, t_generate, prefill_mem, decode_mem) -> list[dict]:
+    batch, n_new = settings.batch_size, settings.new_tokens
+    prefill_tps = [batch * settings.prompt_len / t for t in t_prefill]
+    prefill_median = quantile(t_prefill, 0.5)
+    decode_tps = [batch * (n_new - 1) / max(t - prefill_median, 1e-9) for t in t_generate]
+    weight_bytes = sum(e.nbytes for e in inventory(loaded.model) if e.category != "buffers")
+    bandwidth = [weight_bytes * tps / batch / 1e9 for tps in decode_tps]
+    protocol = f"batch={batch};prompt={settings.prompt_len};new={n_new}"
+    rows = [
+        *summary_rows("prefill_tokens_per_s", prefill_tps, "tokens/s"),
+        *summary_rows("decode_tokens_per_s", decode_tps, "tokens/s"),
+        *summary_rows("decode_bandwidth_gb_per_s", bandwidth, "GB/s"),
+        *summary_rows("generate_time_s", t_generate, "s"),
+        *phase_rows("prefill", prefill_mem),
+        *phase_rows("decode", decode_mem),
+    ]
+    return [{**r, "protocol": protocol} for r in rows]

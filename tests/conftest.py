@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated cache for synthetic models, tiny experiments, the tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+TINY = "synthetic:tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache directory for the whole session, so the tiny model is built once."""
+    path = tmp_path_factory.mktemp("harness-cache")
+    os.environ["HARNESS_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_source(synthetic_cache: Path):
+    from harness.models import resolve
+
+    return resolve(TINY)
+
+
+def write_experiment(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+TINY_EXPERIMENT = """
+name: tiny
+models: [synthetic:tiny-llama]
+precisions: [fp32, bf16]
+timeout_s: 120
+workloads:
+  footprint: {}
+  inference: {enabled: false}
+  perplexity: {max_tokens: 256, window: 64}
+"""

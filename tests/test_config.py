@@ -1,0 +1,123 @@
+"""Experiment validation, matrix expansion and cell ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import expand, load_experiment
+from harness.errors import ConfigError
+from tests.conftest import TINY_EXPERIMENT, write_experiment
+
+
+def test_valid_file_expands_to_matrix(tmp_path: Path) -> None:
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", TINY_EXPERIMENT))
+    cells = expand(exp, "cpu")
+    assert [c.precision for c in cells] == ["fp32", "bf16"]
+    assert cells[0].precision_options == {"dtype": "float32", "tf32": False}
+    assert cells[0].workloads.perplexity.window == 64
+    assert cells[0].workloads.enabled() == ["footprint", "perplexity"]
+
+
+INVALID = {
+    "unknown top-level key": (
+        TINY_EXPERIMENT + "colour: red\n",
+        ["colour: unknown key", "allowed keys: name, description, models"],
+    ),
+    "unknown nested key": (
+        TINY_EXPERIMENT.replace("window: 64", "window: 64, stride: 2"),
+        ["workloads.perplexity.stride: unknown key", "allowed keys: enabled, corpus, max_tokens"],
+    ),
+    "unknown precision": (
+        TINY_EXPERIMENT.replace("[fp32, bf16]", "[fp32, fp8]"),
+        ["precisions.1.name", "unknown precision 'fp8'", "allowed: fp32, tf32, fp16, bf16"],
+    ),
+    "wrong type": (
+        TINY_EXPERIMENT.replace("timeout_s: 120", "timeout_s: soon"),
+        ["timeout_s:", "valid number", "'soon'"],
+    ),
+    "missing models": (
+        TINY_EXPERIMENT.replace("models: [synthetic:tiny-llama]\n", ""),
+        ["models: required key is missing"],
+    ),
+    "unknown adapter": (
+        TINY_EXPERIMENT + "adapters: [dora]\n",
+        ["adapters", "unknown adapter 'dora'", "allowed: none"],
+    ),
+    "bad precision option": (
+        TINY_EXPERIMENT.replace("[fp32, bf16]", "[{name: fp32, dtype: int3}]"),
+        ["bad options for precision 'fp32'", "dtype", "allowed options: dtype, tf32"],
+    ),
+    "not yaml": ("name: [unclosed\n", ["not valid YAML"]),
+    "not a mapping": ("- a\n- b\n", ["top level must be a mapping"]),
+    "bad name": (TINY_EXPERIMENT.replace("name: tiny", "name: a/b"), ["name:", "pattern"]),
+    "negative batch": (
+        TINY_EXPERIMENT.replace("inference: {enabled: false}", "inference: {batch_size: 0}"),
+        ["workloads.inference.batch_size", "greater than or equal to 1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_files_name_file_key_and_allowed_values(tmp_path: Path, case: str) -> None:
+    text, expected = INVALID[case]
+    path = write_experiment(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+
+
+def _tiny_cell(tmp_path: Path, text: str = TINY_EXPERIMENT):
+    return expand(load_experiment(write_experiment(tmp_path / "e.yaml", text)), "cpu")[0]
+
+
+def test_cell_id_is_stable_and_readable(tmp_path: Path) -> None:
+    first, second = _tiny_cell(tmp_path), _tiny_cell(tmp_path)
+    assert first.id == second.id
+    assert first.id.startswith("tiny-llama__fp32__none__s0__")
+    assert len(first.id.rsplit("__", 1)[1]) == 10
+
+
+VARIATIONS = [
+    ("window: 64", "window: 32"),
+    ("max_tokens: 256", "max_tokens: 128"),
+    ("footprint: {}", "footprint: {enabled: false}"),
+    ("inference: {enabled: false}", "inference: {enabled: false, repeats: 5}"),
+    ("[fp32, bf16]", "[{name: fp32, tf32: true}]"),
+    ("[synthetic:tiny-llama]", "[builtin:smollm2-135m]"),
+    ("timeout_s: 120", "timeout_s: 120\nseeds: [1]"),
+]
+
+
+@pytest.mark.parametrize("old,new", VARIATIONS)
+def test_cell_id_changes_with_every_setting(tmp_path: Path, old: str, new: str) -> None:
+    base = _tiny_cell(tmp_path)
+    assert old in TINY_EXPERIMENT
+    changed = _tiny_cell(tmp_path, TINY_EXPERIMENT.replace(old, new))
+    assert changed.id != base.id
+
+
+def test_cell_id_depends_on_device_not_on_timeout_or_experiment_name(tmp_path: Path) -> None:
+    base = _tiny_cell(tmp_path)
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", TINY_EXPERIMENT))
+    assert expand(exp, "cuda")[0].id != base.id
+    renamed = TINY_EXPERIMENT.replace("name: tiny", "name: other").replace("120", "999")
+    assert _tiny_cell(tmp_path, renamed).id == base.id
+
+
+def test_every_committed_experiment_file_validates() -> None:
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    files = sorted(p for p in root.rglob("*.yaml") if p.name != "claims.yaml")
+    assert files, "no experiment files found"
+    for path in files:
+        exp = load_experiment(path)
+        assert expand(exp, "cpu"), path

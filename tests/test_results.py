@@ -1,0 +1,120 @@
+"""The results store: atomic cell records, validity checks, the tidy table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.config import expand, load_experiment
+from harness.errors import HarnessError
+from harness.results import (
+    cell_path,
+    collect,
+    load_table,
+    make_record,
+    read_record,
+    stored_status,
+    write_record,
+)
+from tests.conftest import TINY_EXPERIMENT, write_experiment
+
+
+@pytest.fixture()
+def cells(tmp_path: Path):
+    return expand(load_experiment(write_experiment(tmp_path / "e.yaml", TINY_EXPERIMENT)), "cpu")
+
+
+ENV = {"device": "cpu", "device_name": "test cpu", "git_sha": "abc", "torch_version": "2"}
+
+
+def _record(cell, status="ok"):
+    rows = [
+        {
+            "workload": "perplexity",
+            "metric": "perplexity",
+            "value": 12.5,
+            "unit": "ppl",
+            "n": 100,
+            "protocol": "token-windows",
+            "samples": [2.5, 2.6],
+        },
+        {
+            "workload": "inference",
+            "metric": "decode_tokens_per_s",
+            "value": 20.0,
+            "unit": "tokens/s",
+            "stat": "median",
+            "n": 3,
+        },
+    ]
+    return make_record(
+        cell,
+        status,
+        rows if status == "ok" else [],
+        env=ENV,
+        storage="dense",
+        error=None if status == "ok" else "boom",
+        started_at="t",
+        duration_s=1.5,
+    )
+
+
+def test_round_trip_through_json_parquet_and_csv(tmp_path: Path, cells) -> None:
+    out = tmp_path / "out"
+    write_record(out, cells[0], _record(cells[0]))
+    write_record(out, cells[1], _record(cells[1], "error"))
+    frame = collect(out, cells)
+    assert (out / "results.parquet").is_file() and (out / "results.csv").is_file()
+    again = pd.read_parquet(out / "results.parquet")
+    assert len(again) == 3
+    ppl = again[again["metric"] == "perplexity"].iloc[0]
+    assert ppl["value"] == 12.5 and ppl["protocol"] == "token-windows"
+    assert ppl["precision"] == "fp32" and ppl["device_name"] == "test cpu"
+    assert ppl["git_sha"] == "abc" and ppl["cell_status"] == "ok"
+    failed = again[again["cell_id"] == cells[1].id].iloc[0]
+    assert failed["status"] == "error" and failed["error"] == "boom"
+    assert list(frame.columns) == list(again.columns)
+    csv = pd.read_csv(out / "results.csv")
+    assert csv["value"].max() == 20.0
+
+
+def test_collect_keeps_matrix_order_and_only_listed_cells(tmp_path: Path, cells) -> None:
+    out = tmp_path / "out"
+    for cell in reversed(cells):
+        write_record(out, cell, _record(cell))
+    frame = collect(out, cells)
+    assert list(dict.fromkeys(frame["cell_id"])) == [c.id for c in cells]
+    assert set(collect(out, cells[1:])["cell_id"]) == {cells[1].id}
+
+
+def test_stored_status_rejects_corrupt_and_stale_records(tmp_path: Path, cells) -> None:
+    out = tmp_path / "out"
+    assert stored_status(out, cells[0]) is None
+    write_record(out, cells[0], _record(cells[0]))
+    assert stored_status(out, cells[0]) == "ok"
+    path = cell_path(out, cells[0])
+    record = json.loads(path.read_text())
+    record["cell"]["seed"] = 7  # a record that does not describe this cell
+    path.write_text(json.dumps(record))
+    assert stored_status(out, cells[0]) is None
+    path.write_text("{not json")
+    assert stored_status(out, cells[0]) is None
+    with pytest.raises(HarnessError, match="corrupt results file"):
+        read_record(path)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path, cells) -> None:
+    out = tmp_path / "out"
+    write_record(out, cells[0], _record(cells[0]))
+    assert [p.name for p in (out / "cells").iterdir()] == [f"{cells[0].id}.json"]
+
+
+def test_load_table_reports_corrupt_parquet(tmp_path: Path) -> None:
+    (tmp_path / "results.parquet").write_bytes(b"garbage")
+    with pytest.raises(HarnessError, match="corrupt results table"):
+        load_table(tmp_path)
+    with pytest.raises(HarnessError, match="no results"):
+        load_table(tmp_path / "empty")
