@@ -29,7 +29,67 @@ from harness.schemes import get_handler, scheme_names
 from harness.workloads.settings import Workloads
 
 DeviceName = Literal["auto", "cpu", "cuda"]
-ADAPTER_FORMS = ["none"]
+ADAPTER_FORMS = ["none", "lora-r<N>", "full"]
+"""Adapter names: the model as loaded, LoRA of rank N (any N >= 1), full fine-tuning."""
+_LORA = re.compile(r"lora-r([1-9][0-9]*)")
+QV_MODULES = ("q_proj", "v_proj")
+"""``target_modules: qv``: the query and value projections the LoRA paper adapts."""
+
+
+def parse_adapter(name: str) -> tuple[Literal["none", "lora", "full"], int | None]:
+    """``lora-r8`` -> ("lora", 8); ``none``/``full`` -> (name, None); anything else raises."""
+    if name in ("none", "full"):
+        return name, None  # type: ignore[return-value]
+    match = _LORA.fullmatch(name)
+    if match is None:
+        raise ValueError(
+            f"unknown adapter '{name}'; allowed: {', '.join(ADAPTER_FORMS)} "
+            "(N a positive integer rank, e.g. lora-r8)"
+        )
+    return "lora", int(match.group(1))
+
+
+class LoraSettings(BaseModel):
+    """The ``lora:`` block: how every ``lora-rN`` adapter of the experiment is built.
+
+    Defaults follow QLoRA (all linear layers, alpha 16); ``target_modules: qv`` is the LoRA
+    paper's choice (query and value projections only).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    alpha: float = Field(16.0, gt=0)
+    """Scaling numerator: the update is ``(alpha / r) * B A x``."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input during training (0 switches it off)."""
+    target_modules: Literal["all-linear", "qv"] | list[str] = "all-linear"
+    """``all-linear`` (every linear layer but the output head), ``qv``, or module names."""
+    bias: Literal["none"] = "none"
+    """Biases stay frozen (the only mode measured here)."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("target_modules must name at least one module")
+        return value
+
+    def resolved_targets(self) -> str | list[str]:
+        """``qv`` spelled out as module names; other values as given."""
+        return list(QV_MODULES) if self.target_modules == "qv" else self.target_modules
+
+
+def adapter_options(adapter: str, lora: LoraSettings) -> dict[str, Any]:
+    """What an adapter cell trains with (empty for ``none`` and ``full``): part of its id."""
+    kind, rank = parse_adapter(adapter)
+    if kind != "lora":
+        return {}
+    return {
+        "r": rank,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "target_modules": lora.resolved_targets(),
+        "bias": lora.bias,
+    }
 
 
 class PrecisionSpec(BaseModel):
@@ -87,7 +147,9 @@ class Experiment(BaseModel):
     precisions: list[PrecisionSpec] = Field(min_length=1)
     """Registry names (``harness list``), optionally with option overrides."""
     adapters: list[str] = Field(default_factory=lambda: ["none"])
-    """Adapter axis; ``none`` runs the model as loaded."""
+    """Adapter axis: ``none`` (the model as loaded), ``lora-rN`` (rank N) or ``full``."""
+    lora: LoraSettings = LoraSettings()
+    """How ``lora-rN`` adapters are built (alpha, dropout, target modules)."""
     seeds: list[int] = Field(default_factory=lambda: [0])
     device: DeviceName = "auto"
     timeout_s: float = Field(1800.0, gt=0)
@@ -103,8 +165,7 @@ class Experiment(BaseModel):
     @classmethod
     def _adapters(cls, value: list[str]) -> list[str]:
         for name in value:
-            if name not in ADAPTER_FORMS:
-                raise ValueError(f"unknown adapter '{name}'; allowed: {', '.join(ADAPTER_FORMS)}")
+            parse_adapter(name)
         return value
 
 
@@ -117,6 +178,8 @@ class Cell(BaseModel):
     precision: str
     precision_options: dict[str, Any]
     adapter: str
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
+    """Resolved LoRA settings (rank, alpha, dropout, targets); empty for none and full."""
     seed: int
     device: Literal["cpu", "cuda"]
     timeout_s: float
@@ -142,11 +205,18 @@ class Cell(BaseModel):
 
 
 def resolve_device(device: str) -> Literal["cpu", "cuda"]:
-    if device != "auto":
-        return device  # type: ignore[return-value]
+    """``auto`` picks CUDA when present; asking for CUDA where there is none is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda")
+    if device == "cpu":
+        return "cpu"
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise HarnessError("device 'cuda' requested but PyTorch sees no CUDA GPU here")
+    return "cpu"
 
 
 def expand(exp: Experiment, device: str | None = None) -> list[Cell]:
@@ -159,6 +229,7 @@ def expand(exp: Experiment, device: str | None = None) -> list[Cell]:
             precision=prec.name,
             precision_options=prec.resolved_options(),
             adapter=adapter,
+            adapter_options=adapter_options(adapter, exp.lora),
             seed=seed,
             device=dev,
             timeout_s=exp.timeout_s,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import expand, load_experiment
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from tests.conftest import TINY_EXPERIMENT, write_experiment
 
 
@@ -106,9 +106,12 @@ def test_cell_id_changes_with_every_setting(tmp_path: Path, old: str, new: str) 
     assert changed.id != base.id
 
 
-def test_cell_id_depends_on_device_not_on_timeout_or_experiment_name(tmp_path: Path) -> None:
+def test_cell_id_depends_on_device_not_on_timeout_or_experiment_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = _tiny_cell(tmp_path)
     exp = load_experiment(write_experiment(tmp_path / "e.yaml", TINY_EXPERIMENT))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert expand(exp, "cuda")[0].id != base.id
     renamed = TINY_EXPERIMENT.replace("name: tiny", "name: other").replace("120", "999")
     assert _tiny_cell(tmp_path, renamed).id == base.id
@@ -121,3 +124,13 @@ def test_every_committed_experiment_file_validates() -> None:
     for path in files:
         exp = load_experiment(path)
         assert expand(exp, "cpu"), path
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", TINY_EXPERIMENT))
+    with pytest.raises(HarnessError, match="no CUDA GPU"):
+        expand(exp, "cuda")
+    assert expand(exp, "auto")[0].device == "cpu"
