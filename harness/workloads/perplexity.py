@@ -2,7 +2,8 @@
 
 The corpus is cut into windows of ``window`` tokens (no overlap, no special tokens); each
 window is scored on its own, and perplexity is exp of the mean NLL over every predicted token.
-Per-window mean NLLs are kept in the cell record for bootstrap intervals.
+Per-window mean NLLs are kept in the cell record; a bootstrap over windows gives the 95%
+interval (``ci_low``/``ci_high``) and feeds paired comparisons between cells.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from typing import Any
 
 from harness.data.tokens import corpus_info, corpus_tokens
+from harness.stats import perplexity_interval
 
 
 def windows_of(ids: Any, window: int, max_tokens: int) -> Any:
@@ -52,6 +54,9 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         f"corpus={info.name}:{info.split}@{info.sha256[:12]}"
     )
     mean_nll = total / count
+    # Windows have equal length, so the mean of window means is the token mean: the interval
+    # resamples windows around exactly the reported perplexity.
+    ci = perplexity_interval(per_window)
     return [
         {
             "metric": "perplexity",
@@ -60,6 +65,8 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
             "n": count,
             "protocol": protocol,
             "samples": per_window,
+            "ci_low": ci.low,
+            "ci_high": ci.high,
         },
         {
             "metric": "mean_nll",

@@ -1,0 +1,287 @@
+"""Stored format of a quantized weight matrix and the module that computes with it.
+
+``QuantizedWeight`` describes one ``[rows, cols]`` weight (rows = output features):
+
+* ``codes``: ``bits``-wide codes of all weights, packed (``pack.py``), in *stored column
+  order* (the act-order permutation, if any, applied);
+* ``scale`` / ``zero``: per-row statistics of each group of ``group_size`` stored columns,
+  ``[n_groups, rows]`` tables encoded as in ``stats.py`` (float16, packed integers, or
+  bilevel codes with ``scale2`` / ``zero2`` float16 ``[n_groups, n_runs, 2]`` pairs);
+* outliers in CSR form (original column order): float16 values, int16 column indices
+  (int32 when ``cols`` > 32767), int32 row pointers; an outlier replaces the grid value;
+* ``perm``: stored column ``j`` is original column ``perm[j]``.
+
+Everything is a real tensor so byte counts are measured, not estimated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.quant.pack import pack, unpack
+from harness.quant.stats import decode_stat
+
+TENSOR_FIELDS = (
+    "codes",
+    "scale",
+    "zero",
+    "scale2",
+    "zero2",
+    "outlier_values",
+    "outlier_cols",
+    "outlier_rowptr",
+    "perm",
+)
+META_FIELDS = (
+    "shape",
+    "bits",
+    "group_size",
+    "scale_bits",
+    "zero_bits",
+    "stats_group_size",
+    "method",
+)
+_COMPONENTS = {
+    "codes": ("codes",),
+    "stats": ("scale", "zero"),
+    "stats2": ("scale2", "zero2"),
+    "outliers": ("outlier_values", "outlier_cols", "outlier_rowptr"),
+    "perm": ("perm",),
+}
+
+
+@dataclass
+class QuantizedWeight:
+    """Quantized weight in its stored form (see module docstring)."""
+
+    shape: tuple[int, int]
+    bits: int
+    group_size: int
+    codes: Tensor
+    scale: Tensor
+    zero: Tensor
+    scale_bits: int = 16
+    zero_bits: int = 16
+    stats_group_size: int = 0
+    scale2: Tensor | None = None
+    zero2: Tensor | None = None
+    outlier_values: Tensor | None = None
+    outlier_cols: Tensor | None = None
+    outlier_rowptr: Tensor | None = None
+    perm: Tensor | None = None
+    method: str = ""
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, bits: int, group_size: int, **kwargs) -> QuantizedWeight:
+        """Build from unpacked ``codes[rows, cols]`` (stored column order)."""
+        shape = (int(codes.shape[0]), int(codes.shape[1]))
+        return cls(shape=shape, bits=bits, group_size=group_size, codes=pack(codes, bits), **kwargs)
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.shape[1] // self.group_size)
+
+    @property
+    def num_outliers(self) -> int:
+        return 0 if self.outlier_values is None else int(self.outlier_values.numel())
+
+    @property
+    def outlier_fraction(self) -> float:
+        return self.num_outliers / (self.shape[0] * self.shape[1])
+
+    def unpacked_codes(self) -> Tensor:
+        """``uint8`` codes ``[rows, cols]`` in stored column order."""
+        return unpack(self.codes, self.bits, self.shape)
+
+    def scale_values(self) -> Tensor:
+        """Float32 scales ``[n_groups, rows]``."""
+        return decode_stat(
+            self.scale,
+            self.scale_bits,
+            self.scale2,
+            self.n_groups,
+            self.shape[0],
+            self.stats_group_size,
+        )
+
+    def zero_values(self) -> Tensor:
+        """Float32 zero points ``[n_groups, rows]``."""
+        return decode_stat(
+            self.zero,
+            self.zero_bits,
+            self.zero2,
+            self.n_groups,
+            self.shape[0],
+            self.stats_group_size,
+        )
+
+    def g_idx(self) -> Tensor:
+        """Group of each *original* column (the GPTQ ``g_idx`` convention)."""
+        cols = self.shape[1]
+        stored_group = torch.arange(cols, device=self.codes.device) // self.group_size
+        if self.perm is None:
+            return stored_group
+        out = torch.empty_like(stored_group)
+        out[self.perm.long()] = stored_group
+        return out
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Dense ``[rows, cols]`` weight in original column order."""
+        w = self.dequantize_stored(torch.float32)
+        if self.perm is not None:
+            w = torch.empty_like(w).index_copy_(1, self.perm.long(), w)
+        return w.to(dtype)
+
+    def dequantize_stored(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Dense weight in *stored* column order: ``x[..., perm] @ w.T`` is the layer output.
+
+        Skipping the un-permutation of the whole matrix makes the forward pass cheaper.
+        """
+        rows, cols = self.shape
+        groups, gs = self.n_groups, self.group_size
+        codes = self.unpacked_codes().float()
+        if groups * gs != cols:
+            codes = F.pad(codes, (0, groups * gs - cols))
+        scale = self.scale_values().t().unsqueeze(-1)
+        zero = self.zero_values().t().unsqueeze(-1)
+        w = (scale * (codes.view(rows, groups, gs) - zero)).reshape(rows, groups * gs)
+        w = w[:, :cols]
+        if self.num_outliers:
+            counts = self.outlier_rowptr.long().diff()
+            row_idx = torch.repeat_interleave(torch.arange(rows, device=w.device), counts)
+            col_idx = self.outlier_cols.long()
+            if self.perm is not None:
+                col_idx = torch.argsort(self.perm.long())[col_idx]
+            w[row_idx, col_idx] = self.outlier_values.float()
+        return w.to(dtype)
+
+    def stored_bytes(self) -> dict[str, int]:
+        """Bytes of each stored component: codes, stats, stats2, outliers, perm."""
+        out = {}
+        for comp, names in _COMPONENTS.items():
+            total = 0
+            for name in names:
+                t = getattr(self, name)
+                if t is not None:
+                    total += t.numel() * t.element_size()
+            out[comp] = total
+        return out
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The stored tensors (absent optional parts omitted)."""
+        return {n: getattr(self, n) for n in TENSOR_FIELDS if getattr(self, n) is not None}
+
+    def meta(self) -> dict:
+        """JSON-able description needed, with :meth:`tensors`, to rebuild the weight."""
+        meta = {n: getattr(self, n) for n in META_FIELDS}
+        meta["shape"] = list(self.shape)
+        return meta
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict]:
+        """``(tensors, meta)``: a flat tensor dict for safetensors plus a small JSON dict."""
+        return {k: v.contiguous() for k, v in self.tensors().items()}, self.meta()
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict[str, Tensor], meta: dict) -> QuantizedWeight:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in meta.items() if k in known}
+        kwargs["shape"] = tuple(int(s) for s in meta["shape"])
+        kwargs.update({k: v for k, v in tensors.items() if k in TENSOR_FIELDS})
+        return cls(**kwargs)
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, t in self.tensors().items():
+            kwargs[name] = t.to(device)
+        return QuantizedWeight(**kwargs)
+
+
+def formula_bits_spqr(
+    bits: int,
+    beta1: int,
+    beta2: int,
+    qq_scale_bits: int,
+    qq_zero_bits: int,
+    outlier_fraction: float,
+) -> float:
+    """Average bits per weight of SpQR storage as published (claims B.7)."""
+    return (
+        bits + (qq_scale_bits + qq_zero_bits) / beta1 + 64 / (beta1 * beta2) + 32 * outlier_fraction
+    )
+
+
+def measured_bits(qw: QuantizedWeight) -> float:
+    """Average bits per weight actually stored (all components)."""
+    return 8 * sum(qw.stored_bytes().values()) / (qw.shape[0] * qw.shape[1])
+
+
+class QuantLinear(nn.Module):
+    """``nn.Linear`` replacement holding only the quantized format as buffers.
+
+    The dense weight is rebuilt on every forward and dropped afterwards, so the memory
+    saving is real. Float16 buffers keep their dtype when the module is cast (e.g.
+    ``model.to(torch.bfloat16)``), because recasting stored statistics would change them.
+    """
+
+    def __init__(self, qw: QuantizedWeight, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.qmeta = qw.meta()
+        self.out_features, self.in_features = qw.shape
+        for name in TENSOR_FIELDS:
+            self.register_buffer(name, getattr(qw, name))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """View of the buffers as a :class:`QuantizedWeight` (no copy)."""
+        tensors = {n: getattr(self, n) for n in TENSOR_FIELDS if getattr(self, n) is not None}
+        return QuantizedWeight.from_state_dict(tensors, self.qmeta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        qw = self.quantized_weight()
+        if qw.perm is not None:
+            x = x.index_select(-1, qw.perm.long())
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, qw.dequantize_stored(dtype=x.dtype), bias)
+
+    def footprint_entries(self) -> Iterator[tuple[str, Tensor, str, int]]:
+        """``(name, tensor, category, logical params)`` of every stored tensor.
+
+        The footprint workload uses this to count the packed bytes really held: the codes
+        represent all ``out x in`` weights; statistics, outliers and the permutation are
+        quantization state representing none.
+        """
+        for name in TENSOR_FIELDS:
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if name == "codes":
+                yield name, t, "quantized_weights", self.out_features * self.in_features
+            else:
+                yield name, t, "quant_state", 0
+        if self.bias is not None:
+            yield "bias", self.bias, "biases", self.bias.numel()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> QuantLinear:
+        kept = {
+            n: b
+            for n, b in self._buffers.items()
+            if n != "bias" and b is not None and b.is_floating_point()
+        }
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def extra_repr(self) -> str:
+        m = self.qmeta
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bits={m['bits']}, group_size={m['group_size']}, method={m['method']!r}"
+        )
