@@ -78,6 +78,60 @@ def env(
         console.print(f"{key:<{width}}  {value}", highlight=False)
 
 
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Results directories (one or more).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory [default: reports/NAME].")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Label of each results directory, in order.")
+    ] = None,
+    claims: Annotated[
+        Path | None, typer.Option(help="Claims registry [default: experiments/claims.yaml].")
+    ] = None,
+) -> None:
+    """Markdown and HTML report with figures, claims, failed cells and environment."""
+    from harness.commands.report import make_report
+
+    try:
+        make_report(results, out=out, labels=label or None, claims=claims, console=console)
+    except HarnessError as exc:
+        fail(exc)
+
+
+@app.command("claims")
+def claims_(
+    results: Annotated[list[Path], typer.Argument(help="Results directories (one or more).")],
+    registry: Annotated[
+        Path | None, typer.Option(help="Claims registry [default: experiments/claims.yaml].")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Label of each results directory, in order.")
+    ] = None,
+) -> None:
+    """Each published claim: reproduced, not reproduced or not measured, with the numbers."""
+    from harness.commands.claims import check_claims
+
+    try:
+        check_claims(results, registry=registry, labels=label or None, console=console)
+    except HarnessError as exc:
+        fail(exc)
+
+
+@app.command()
+def predict(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+) -> None:
+    """Predicted memory of every cell from the model config alone (no weights loaded)."""
+    from harness.commands.predict import predict_experiment
+
+    try:
+        predict_experiment(experiment, console=console)
+    except HarnessError as exc:
+        fail(exc)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="harness")
 

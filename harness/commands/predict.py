@@ -1,0 +1,64 @@
+"""``harness predict``: analytic memory of every cell of an experiment, no weights loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = [
+    ("weights", "weights"),
+    ("quant state", "quant_state"),
+    ("adapters", "adapters"),
+    ("gradients", "gradients"),
+    ("optimizer", "optimizer_state"),
+    ("activations", "activations"),
+    ("act. (ckpt)", "activations_checkpointed"),
+    ("KV cache", "kv_cache"),
+    ("inference peak", "inference_peak"),
+    ("training peak", "training_peak"),
+]
+
+
+def _gb(value: float) -> str:
+    return f"{value / 1e9:.3f}" if value else ""
+
+
+def predict_experiment(path: Path, *, console: Console | None = None) -> list[dict[str, Any]]:
+    """One row per cell (model x precision x adapter; seeds do not change memory)."""
+    from harness import memory_model as mm
+    from harness.config import load_experiment
+
+    console = console or Console()
+    exp = load_experiment(path)
+    work = mm.workload_from(exp.workloads, getattr(exp, "lora", None))
+    rows = []
+    for model in exp.models:
+        shape = mm.model_shape(mm.load_config(model))
+        for prec in exp.precisions:
+            for adapter in exp.adapters:
+                pred = mm.predict(shape, prec.name, prec.resolved_options(), adapter, work)
+                values = {key: getattr(pred, key, 0) for _, key in COLUMNS[2:]}
+                values["weights"] = pred.weight_bytes - pred.weights.get("quant_state", 0)
+                values["quant_state"] = pred.weights.get("quant_state", 0)
+                rows.append({"model": model, "precision": prec.name, "adapter": adapter,
+                             "params": shape.params, **values, "notes": "; ".join(pred.notes)})
+    table = Table(title=f"{exp.name}: predicted memory (GB = 1e9 B)")
+    for title in ["model", "precision", "adapter", *(c[0] for c in COLUMNS)]:
+        left = title in ("model", "precision")
+        table.add_column(title, justify="left" if left else "right", overflow="fold")
+    for row in rows:
+        table.add_row(row["model"], row["precision"], row["adapter"],
+                      *(_gb(row[key]) for _, key in COLUMNS))
+    console.print(table)
+    for row in rows:
+        if row["notes"]:
+            console.print(f"{row['model']} {row['precision']} {row['adapter']}: {row['notes']}")
+    console.print(
+        f"batch {work.batch} x {work.seq} tokens (inference), {work.train_batch} x "
+        f"{work.train_seq} (training, checkpointing {'on' if work.checkpointing else 'off'}); "
+        "approximations documented in harness/memory_model.py"
+    )
+    return rows

@@ -1,0 +1,191 @@
+"""Assemble the report: figures (PNG + SVG), tables, claims, environment -> Markdown and HTML.
+
+Both documents are rendered from one list of sections, so they always say the same thing. The
+HTML embeds its figures as base64 PNG and has no external references: one file to send.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.report import environment_table, metric_values, problems_table
+from harness.report.claims import evaluate, load_claims, verdict_table
+from harness.report.plots import FIGURES
+from harness.report.style import apply_theme
+
+
+@dataclass
+class Section:
+    """A heading with paragraphs, tables (DataFrames) and figures (file stems), in order."""
+
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def text(self, value: str) -> Section:
+        self.blocks.append(("text", value))
+        return self
+
+    def table(self, frame: Any) -> Section:
+        self.blocks.append(("table", frame))
+        return self
+
+    def figure(self, stem: str) -> Section:
+        self.blocks.append(("figure", stem))
+        return self
+
+
+def render_figures(frame: Any, out_dir: Path) -> list[Section]:
+    """Draw every figure of ``FIGURES``; an absent metric gives a note, never an error."""
+    import matplotlib.pyplot as plt
+
+    apply_theme()
+    sections = []
+    for spec in FIGURES:
+        section = Section(spec.title)
+        fig = spec.build(frame)
+        if fig is None:
+            section.text(f"Not drawn: these results lack {spec.needs}.")
+        else:
+            fig.savefig(out_dir / f"{spec.name}.png", bbox_inches="tight")
+            fig.savefig(out_dir / f"{spec.name}.svg", bbox_inches="tight")
+            plt.close(fig)
+            section.figure(spec.name)
+        sections.append(section)
+    return sections
+
+
+def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
+    """Analytic prediction beside each measured weight footprint and training memory term."""
+    import pandas as pd
+
+    from harness import memory_model as mm
+    from harness.errors import HarnessError
+
+    pairs = [("bytes.total", "weights"), ("mem.frozen_weights", "weights"),
+             ("mem.adapter_params", "adapters"), ("mem.gradients", "gradients"),
+             ("mem.optimizer_state", "optimizer_state")]
+    shapes: dict[str, Any] = {}
+    notes: list[str] = []
+    rows = []
+    cells = frame[frame["metric"].isin([p[0] for p in pairs]) & (frame["status"] == "ok")]
+    for (run, cell_id), sub in cells.groupby(["run", "cell_id"], sort=False):
+        first = sub.iloc[0]
+        model = str(first["model"])
+        if model not in shapes:
+            try:
+                shapes[model] = mm.model_shape(mm.load_config(model))
+            except (HarnessError, ValueError, OSError) as exc:
+                shapes[model] = None
+                notes.append(f"no prediction for {model}: {exc}")
+        if shapes[model] is None:
+            continue
+        try:
+            options = json.loads(first.get("precision_options") or "{}")
+            pred = mm.predict(shapes[model], str(first["precision"]), options,
+                              str(first["adapter"]))
+        except (HarnessError, KeyError, ValueError) as exc:
+            notes.append(f"no prediction for {cell_id}: {exc}")
+            continue
+        for metric, term in pairs:
+            m = metric_values(sub, metric)
+            if not len(m):
+                continue
+            measured = float(m["value"].iloc[0])
+            if metric == "bytes.total":
+                buffers = metric_values(frame[frame["cell_id"] == cell_id], "bytes.buffers")
+                measured -= float(buffers["value"].sum()) if len(buffers) else 0.0
+            predicted = pred.weight_bytes if term == "weights" else getattr(pred, term)
+            gap = (predicted - measured) / measured if measured else float("nan")
+            rows.append({"run": run, "precision": first["precision"],
+                         "adapter": first["adapter"], "term": metric, "measured": int(measured),
+                         "predicted": int(predicted), "gap": f"{100 * gap:+.2f}%"})
+    return pd.DataFrame(rows), notes
+
+
+def build_sections(frame: Any, out_dir: Path, claims_path: Path | None = None) -> list[Section]:
+    runs = ", ".join(dict.fromkeys(frame["run"]))
+    intro = Section("Overview").text(
+        f"Runs: {runs}. Models: {', '.join(dict.fromkeys(frame['model'].astype(str)))}. "
+        f"{frame['cell_id'].nunique()} cells, {len(frame)} result rows."
+    )
+    sections = [intro, *render_figures(frame, out_dir)]
+    problems = problems_table(frame)
+    failed = Section("Cells not ok")
+    failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
+    verdicts = verdict_table(evaluate(load_claims(claims_path), frame))
+    claims = Section("Published claims").table(
+        verdicts[["claim", "run", "verdict", "measured", "expected", "published", "scope",
+                  "note"]] if len(verdicts) else verdicts
+    )
+    predicted, notes = predicted_vs_measured(frame)
+    model = Section("Analytic memory model against measurement")
+    model.table(predicted) if len(predicted) else model.text("No footprint rows to compare.")
+    for note in notes:
+        model.text(note)
+    env = Section("Environment").table(environment_table(frame))
+    return sections + [failed, claims, model, env]
+
+
+def _md_table(frame: Any) -> str:
+    def cell(v: Any) -> str:
+        text = "" if v is None or (isinstance(v, float) and v != v) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def to_markdown(sections: list[Section], title: str) -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for kind, value in s.blocks:
+            if kind == "text":
+                out.append(value)
+            elif kind == "table":
+                out.append(_md_table(value))
+            else:
+                out.append(f"![{s.title}]({value}.png)\n\n[SVG]({value}.svg)")
+            out.append("")
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid
+#ccc;padding:3px 7px;text-align:left}th{background:#f0f0f0}img{max-width:100%}"""
+
+
+def to_html(sections: list[Section], title: str, out_dir: Path) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        for kind, value in s.blocks:
+            if kind == "text":
+                body.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "table":
+                body.append(value.to_html(index=False, escape=True, na_rep="", border=0))
+            else:
+                data = base64.b64encode((out_dir / f"{value}.png").read_bytes()).decode()
+                body.append(f'<img alt="{html.escape(s.title)}" '
+                            f'src="data:image/png;base64,{data}">')
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(frame: Any, out_dir: Path, title: str = "Benchmark report",
+                 claims_path: Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and the figures to ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = build_sections(frame, out_dir, claims_path)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(to_markdown(sections, title))
+    page.write_text(to_html(sections, title, out_dir))
+    return {"markdown": md, "html": page}

@@ -1,0 +1,87 @@
+"""The report: every figure drawn from a hand-built table, failures shown, graceful skips."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import load_runs, problems_table
+from harness.report.plots import FIGURES
+from harness.report.render import write_report
+
+
+def test_every_figure_is_written_as_png_and_svg(full_report: Path) -> None:
+    for spec in FIGURES:
+        png, svg = full_report / f"{spec.name}.png", full_report / f"{spec.name}.svg"
+        assert png.is_file() and png.stat().st_size > 5000, spec.name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert svg.is_file() and b"<svg" in svg.read_bytes()[:2000], spec.name
+
+
+def test_markdown_links_every_figure_and_html_embeds_them(full_report: Path) -> None:
+    md = (full_report / "report.md").read_text()
+    page = (full_report / "report.html").read_text()
+    for spec in FIGURES:
+        assert f"({spec.name}.png)" in md
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(FIGURES)
+    assert base64.b64decode(images[0])[:4] == b"\x89PNG"
+    assert "http://" not in page and "https://" not in page  # self-contained
+
+
+def test_failed_cells_appear_with_their_status(full_report: Path) -> None:
+    md = (full_report / "report.md").read_text()
+    section = md.split("## Cells not ok")[1].split("## ")[0]
+    assert re.search(r"\| bf16 \| full \| oom \| CUDA out of memory", section)
+    assert re.search(r"\| fp4-dq \| none \| error \| RuntimeError: kernel crashed", section)
+    assert re.search(r"\| tf32 \| none \| skipped \|", section)
+    assert "oom" in (full_report / "report.html").read_text()
+
+
+def test_report_has_claims_prediction_and_environment(full_report: Path) -> None:
+    md = (full_report / "report.md").read_text()
+    assert "| int8-quarter-of-fp32-layers | cpu | reproduced |" in md
+    assert "| tf32-speedup | cpu | not measured |" in md
+    # analytic weights beside measured ones: dense cells agree to the byte
+    assert "| cpu | fp32 | none | bytes.total | 538060032 | 538060032 | +0.00% |" in md
+    assert "abc1234" in md and "torch_version" in md
+
+
+def test_missing_metrics_skip_figures_with_a_note(tmp_path: Path, make_table) -> None:
+    frame = make_table(training=False, accuracy=False)
+    frame = frame[~frame["metric"].fillna("").str.contains("tokens_per_s|bandwidth")]
+    directory = tmp_path / "run"
+    directory.mkdir()
+    frame.to_parquet(directory / "results.parquet", index=False)
+    out = tmp_path / "out"
+    write_report(load_runs([directory]), out)
+    md = (out / "report.md").read_text()
+    for name in ("training_memory", "accuracy_vs_bits", "throughput", "lora_peak_memory"):
+        assert not (out / f"{name}.png").exists()
+    assert md.count("Not drawn: these results lack") == 6
+    assert (out / "memory_breakdown.png").is_file()
+
+
+def test_failed_workload_inside_ok_cell_is_listed(make_table) -> None:
+    frame = make_table(training=False, failures=False, accuracy=False)
+    extra = frame[frame["precision"] == "nf4"].iloc[[0]].copy()
+    extra[["workload", "metric", "value", "status", "error"]] = [
+        "perplexity", "perplexity", None, "oom", "out of memory in window 3"]
+    frame = pd.concat([frame, extra], ignore_index=True).assign(run="r")
+    from harness.report import normalize
+
+    table = problems_table(normalize(frame))
+    assert list(table["precision"]) == ["nf4"]
+    assert table.iloc[0]["status"] == "ok (workload oom)"
+    assert "out of memory in window 3" in table.iloc[0]["error"]
+
+
+def test_repeated_metric_is_stacked_once(make_table) -> None:
+    from harness.report import normalize
+    from harness.report.plots import training_memory
+
+    fig = training_memory(normalize(make_table().assign(run="r")))
+    assert 2.8 < fig.axes[0].get_ylim()[1] < 3.5  # 2.81 GB peak bar, activations counted once

@@ -1,0 +1,71 @@
+"""Analytic memory model: exact weight bytes for the tiny model, fast 70B predictions."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import pytest
+
+from harness import memory_model as mm
+from harness.schemes import get_handler
+from harness.workloads.footprint import inventory, summarize
+
+
+@pytest.fixture(scope="module")
+def tiny_shape(synthetic_cache):
+    from harness.models import resolve
+
+    return mm.model_shape(mm.load_config("synthetic:tiny-llama")), resolve("synthetic:tiny-llama")
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16", "int8", "nf4", "nf4-dq"])
+def test_predicted_weights_equal_the_measured_footprint(tiny_shape, name: str) -> None:
+    shape, source = tiny_shape
+    handler = get_handler(name)
+    model = handler.load(source, handler.options(), "cpu").model
+    measured = summarize(inventory(model))
+    pred = mm.predict(shape, name)
+    assert pred.weight_bytes == measured["bytes.total"] - measured["bytes.buffers"]
+    for category, nbytes in pred.weights.items():
+        assert nbytes == measured[f"bytes.{category}"], category
+
+
+def test_seventy_b_prediction_is_fast_and_allocates_nothing() -> None:
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    start = time.perf_counter()
+    shape = mm.model_shape(mm.load_config("llama-70b"))
+    preds = {p: mm.predict(shape, p, adapter="lora-r64") for p in ("fp16", "int8", "nf4-dq")}
+    elapsed = time.perf_counter() - start
+    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert elapsed < 20
+    assert growth_mb < 500  # 70B fp16 weights would be 138 GB
+    assert 68e9 < shape.params < 70e9
+    assert preds["fp16"].weight_bytes == pytest.approx(2 * shape.params)
+    # 4-bit + double-quantized constants: about 4.127 bits per quantized weight
+    quant = preds["nf4-dq"].weights
+    linear = sum(o * i for _, o, i in shape.linears)
+    assert 8 * (quant["quantized_weights"] + quant["quant_state"]) / linear == pytest.approx(
+        4.127, abs=0.002)
+
+
+def test_training_and_cache_terms_follow_their_formulas() -> None:
+    shape = mm.model_shape(mm.load_config("llama-7b"))
+    work = mm.Workload(batch=2, seq=1000, train_batch=1, train_seq=512)
+    lora = mm.predict(shape, "nf4-dq", adapter="lora-r8", work=work)
+    per_layer = 8 * (4096 + 4096) * 4 + 8 * (4096 + 11008) * 3  # q,k,v,o + gate,up,down
+    assert lora.trainable_params == 32 * per_layer
+    assert lora.optimizer_state == 8 * lora.trainable_params
+    assert lora.kv_cache == 2 * 32 * 4096 * 1000 * 2 * 4  # float32 activations for bnb
+    assert lora.activations_checkpointed < lora.activations
+    full = mm.predict(shape, "bf16", adapter="full", work=work)
+    assert full.gradients == 2 * shape.params and full.optimizer_state == 8 * shape.params
+    assert full.training_peak > lora.training_peak
+    assert mm.predict(shape, "fp16").training_peak == 0  # no training without an adapter
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="no architecture known for builtin:nosuch"):
+        mm.load_config("builtin:nosuch")
