@@ -132,6 +132,25 @@ def predict(
         fail(exc)
 
 
+@app.command()
+def show(
+    results: Annotated[Path, typer.Argument(help="A results directory (results/NAME).")],
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
+) -> None:
+    """The summary table of a results directory, without running anything."""
+    from harness.results import load_table
+    from harness.summary import markdown_table, summary_table
+
+    try:
+        frame = load_table(results)
+    except HarnessError as exc:
+        fail(exc)
+    if markdown:
+        print(markdown_table(frame))
+    else:
+        console.print(summary_table(frame, results.name))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="harness")
 

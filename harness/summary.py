@@ -13,8 +13,11 @@ KEY_METRICS = [
     ("perplexity", None, "ppl", "{:.3f}"),
     ("prefill_tokens_per_s", "median", "prefill tok/s", "{:.0f}"),
     ("decode_tokens_per_s", "median", "decode tok/s", "{:.1f}"),
+    ("kl_divergence", None, "KL vs fp32", "{:.4f}"),
+    ("train_tokens_per_s", "median", "train tok/s", "{:.0f}"),
+    ("train_peak_bytes", None, "train peak MB", "{:.0f}"),
 ]
-_SCALE = {"bytes.total": 1e-6}
+_SCALE = {"bytes.total": 1e-6, "train_peak_bytes": 1e-6}
 _MARK = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]"}
 
 
@@ -71,12 +74,17 @@ def summary_table(frame: Any, title: str) -> Table:
     if frame.empty:
         return table
     view = wide(frame)
-    columns = ["model", "precision", "adapter", "cell_status"] + [m[2] for m in KEY_METRICS]
+    columns = ["model", "precision", "adapter", "cell_status"] + _present(view)
     for column in columns:
         table.add_column(column, justify="right" if column in _titles() else "left")
     for _, row in view.iterrows():
         table.add_row(*(_cell_text(row, c) for c in columns))
     return table
+
+
+def _present(view: Any) -> list[str]:
+    """Metric columns with at least one value, so a summary shows only what was measured."""
+    return [m[2] for m in KEY_METRICS if m[2] in view and view[m[2]].notna().any()]
 
 
 def _titles() -> set[str]:
@@ -89,3 +97,13 @@ def _cell_text(row: Any, column: str) -> str:
         return str(value)
     metric, _, _, fmt = next(m for m in KEY_METRICS if m[2] == column)
     return "" if value is None or value != value else _fmt(metric, float(value), fmt)
+
+
+def markdown_table(frame: Any) -> str:
+    """The summary as a Markdown table (for READMEs and reports)."""
+    view = wide(frame)
+    columns = ["precision", "adapter", "cell_status"] + _present(view)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in view.iterrows():
+        lines.append("| " + " | ".join(_cell_text(row, c) for c in columns) + " |")
+    return "\n".join(lines)

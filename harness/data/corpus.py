@@ -28,21 +28,29 @@ class Corpus:
     """Hash of the whole corpus (both splits), identifying its version."""
 
 
-@lru_cache(maxsize=4)
-def builtin_corpus(split: Split = "test") -> Corpus:
-    if split not in ("test", "train"):
-        raise UnknownNameError("corpus split", split, ["test", "train"])
+def _topics() -> list[str]:
     from pydoc_data.topics import topics
 
-    texts = [topics[key].strip() for key in sorted(topics)]
-    whole = SEPARATOR.join(texts)
-    digest = hashlib.sha256(whole.encode()).hexdigest()
+    return [topics[key].strip() for key in sorted(topics)]
+
+
+def builtin_documents(split: Split = "test") -> list[str]:
+    """The topics of one split, one document each (they contain blank lines themselves)."""
+    if split not in ("test", "train"):
+        raise UnknownNameError("corpus split", split, ["test", "train"])
+    texts = _topics()
+    half = len(SEPARATOR.join(texts)) / 2
     cut, total = 0, 0
-    while total < len(whole) / 2:
+    while total < half:
         total += len(texts[cut]) + len(SEPARATOR)
         cut += 1
-    part = texts[:cut] if split == "test" else texts[cut:]
-    return Corpus("pydoc-topics", split, SEPARATOR.join(part), digest)
+    return texts[:cut] if split == "test" else texts[cut:]
+
+
+@lru_cache(maxsize=4)
+def builtin_corpus(split: Split = "test") -> Corpus:
+    digest = hashlib.sha256(SEPARATOR.join(_topics()).encode()).hexdigest()
+    return Corpus("pydoc-topics", split, SEPARATOR.join(builtin_documents(split)), digest)
 
 
 def load_corpus(name: str, split: Split = "test") -> Corpus:

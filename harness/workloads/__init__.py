@@ -19,9 +19,21 @@ WORKLOADS: dict[str, tuple[str, str]] = {
         "harness.workloads.inference:run",
         "prefill and decode tokens/s (median, p10, p90), bandwidth achieved, peak memory",
     ),
+    "training": (
+        "harness.workloads.training:run",
+        "LoRA / full fine-tuning steps: tokens/s, loss, trainable params, memory breakdown",
+    ),
     "perplexity": (
         "harness.workloads.perplexity:run",
         "token perplexity over non-overlapping windows of the builtin corpus",
+    ),
+    "accuracy": (
+        "harness.workloads.accuracy:run",
+        "lm-eval tasks (builtin offline suite or any task) and rolling word/byte perplexity",
+    ),
+    "agreement": (
+        "harness.workloads.agreement:run",
+        "next-token KL divergence and top-1 agreement with the baseline precision",
     ),
 }
 

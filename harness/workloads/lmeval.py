@@ -33,8 +33,9 @@ def default_task_dir() -> Path:
     env = os.environ.get("HARNESS_TASK_DIR")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "harness" / "lm_eval_tasks"
+    from harness.paths import cache_dir
+
+    return cache_dir() / "lm_eval_tasks"
 
 
 def _set_offline() -> None:
@@ -140,6 +141,7 @@ def evaluate_tasks(
     log_samples: bool = True,
     bootstrap_iters: int = 1000,
     offline: bool = True,
+    max_length: int | None = None,
 ) -> list[dict]:
     """Evaluate a preloaded ``model`` on lm-eval ``tasks``; one row per task and metric.
 
@@ -184,7 +186,8 @@ def evaluate_tasks(
     known = set(task_manager.all_tasks)
 
     _place_model(model, device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    extra = {"max_length": max_length} if max_length else {}
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **extra)
 
     rows: list[dict] = []
     for task in tasks:

@@ -6,7 +6,9 @@ Pure pydantic (no torch) so validating an experiment is instant. Every field has
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Settings(BaseModel):
@@ -34,6 +36,43 @@ class InferenceSettings(_Settings):
     """Timed runs; median, p10 and p90 are reported."""
 
 
+class TrainingSettings(_Settings):
+    """A fixed number of optimizer steps on the builtin corpus' train split (adapter cells).
+
+    Off by default; a cell with adapter ``none`` trains nothing. Perplexity, which runs after
+    training in the same cell, then measures the fine-tuned model.
+    """
+
+    enabled: bool = False
+    steps: int = Field(10, ge=1)
+    """Optimizer steps (each of ``grad_accum`` micro-batches)."""
+    warmup_steps: int = Field(2, ge=0)
+    """First steps left out of the tokens/s statistics (lazy initialisation, allocator)."""
+    batch_size: int = Field(2, ge=1)
+    """Sequences per micro-batch."""
+    seq_len: int = Field(128, ge=2)
+    """Tokens per sequence (consecutive windows of the train split)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches whose gradients are summed before each optimizer step."""
+    lr: float = Field(2e-4, gt=0)
+    """Constant learning rate (QLoRA's 2e-4 for 7B-13B models)."""
+    optimizer: Literal["adamw", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    """``adamw`` is torch's; the paged ones are bitsandbytes' and need CUDA."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer in backward instead of keeping its activations."""
+    save_adapter: bool = False
+    """Write the trained adapter to a temporary directory and report its file size."""
+
+    @model_validator(mode="after")
+    def _timed_steps(self) -> TrainingSettings:
+        if self.enabled and self.steps <= self.warmup_steps:
+            raise ValueError(
+                f"steps ({self.steps}) must exceed warmup_steps ({self.warmup_steps}) "
+                "so that some steps are timed"
+            )
+        return self
+
+
 class PerplexitySettings(_Settings):
     """Token perplexity over non-overlapping windows (the GPTQ/SpQR papers' protocol)."""
 
@@ -47,13 +86,45 @@ class PerplexitySettings(_Settings):
     """Windows per forward pass."""
 
 
+class AccuracySettings(_Settings):
+    """lm-eval tasks on the cell's model, and lm-eval's rolling word/byte perplexity."""
+
+    enabled: bool = False
+    tasks: tuple[str, ...] = ("harness_builtin",)
+    """lm-eval task names or tags; ``harness_builtin`` is the offline suite the harness ships."""
+    num_fewshot: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1)
+    """At most this many items per task (None: all)."""
+    batch_size: int = Field(8, ge=1)
+    rolling_docs: int = Field(40, ge=0)
+    """Documents of the corpus test split for rolling perplexity; 0 switches it off."""
+    rolling_max_length: int = Field(1024, ge=16)
+    """Context length of lm-eval's rolling windows."""
+
+
+class AgreementSettings(_Settings):
+    """Next-token KL divergence and top-1 agreement against the baseline precision."""
+
+    enabled: bool = False
+    baseline: str = "fp32"
+    """Precision whose predictions are the reference (stored once per model and corpus)."""
+    corpus: str = "builtin"
+    max_tokens: int = Field(4096, ge=2)
+    window: int = Field(1024, ge=2)
+    top_k: int = Field(64, ge=1)
+    """Baseline log-probabilities kept per position (plus the tail mass)."""
+
+
 class Workloads(BaseModel):
     """All workloads of an experiment; each can be switched off with ``enabled: false``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     footprint: FootprintSettings = FootprintSettings()
     inference: InferenceSettings = InferenceSettings()
+    training: TrainingSettings = TrainingSettings()
     perplexity: PerplexitySettings = PerplexitySettings()
+    accuracy: AccuracySettings = AccuracySettings()
+    agreement: AgreementSettings = AgreementSettings()
 
     def enabled(self) -> list[str]:
         return [name for name in type(self).model_fields if getattr(self, name).enabled]
