@@ -1,7 +1,9 @@
-"""Run one cell in this process: load, apply the precision, run its workloads, make a record.
+"""Run one cell in this process: load, apply the precision, attach the adapter, run its
+workloads, make a record.
 
 Failures are data: a workload that raises becomes a row with status ``error`` (or ``oom``) and
-the other workloads still run; a precision that cannot run here makes the cell ``skipped``.
+the other workloads still run; a precision or adapter that cannot run here makes the cell
+``skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     import torch
 
     from harness import models
+    from harness.adapters import attach
     from harness.schemes import get_handler
     from harness.workloads import get_runner
 
@@ -81,6 +84,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         *({"workload": "load", **r} for r in phase_rows("load", load_mem)),
         *({"workload": "load", **r} for r in loaded.rows),
     ]
+    try:
+        rows.extend({"workload": "adapter", **r} for r in attach(loaded, cell))
+    except SkipCell as exc:
+        return record("skipped", [], error=str(exc), storage=loaded.storage)
+    except Exception as exc:
+        rows.append(_failure_row("adapter", exc))
+        return record(_cell_status(rows), rows, storage=loaded.storage)
     for name in cell.workloads.enabled():
         settings = getattr(cell.workloads, name)
         try:

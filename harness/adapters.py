@@ -1,0 +1,210 @@
+"""The adapter axis: attach LoRA (any rank) or unfreeze everything (``full``) after loading.
+
+LoRA goes through peft for ``nn.Linear`` and bitsandbytes layers. bitsandbytes models first go
+through peft's ``prepare_model_for_kbit_training``; whether that upcast unquantized parameters
+to fp32 (and how many bytes it added) is recorded, because the upcast is a common reason a
+QLoRA run holds more memory than the 4-bit weights suggest. The harness's own ``QuantLinear``
+holds buffers only, which peft cannot wrap, so :class:`LoraQuantLinear` wraps it here with the
+same maths (``base(x) + (alpha / r) * B A dropout(x)``, B zero at the start, A and B in fp32).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.config import parse_adapter
+from harness.errors import SkipCell
+
+ADAPTER_PREFIX = "lora_"
+"""Trainable adapter parameters carry this in their names (peft's convention, kept here)."""
+
+
+class LoraQuantLinear(nn.Module):
+    """LoRA around a harness ``QuantLinear``: the quantized base stays frozen buffers."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.base_layer = base
+        device = base.codes.device
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=device)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=device)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as peft initialises A
+        nn.init.zeros_(self.lora_B.weight)  # the adapted model starts equal to the base
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / r
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        h = self.lora_dropout(x.to(self.lora_A.weight.dtype))
+        return out + (self.lora_B(self.lora_A(h)) * self.scaling).to(out.dtype)
+
+
+def _quant_linear_type() -> type | None:
+    try:
+        from harness.quant.linear import QuantLinear
+    except ImportError:  # the quant package is optional for dense/bnb-only installs
+        return None
+    return QuantLinear
+
+
+def is_kbit(model: Any) -> bool:
+    """True when bitsandbytes stores some of the model's linear layers."""
+    try:
+        import bitsandbytes as bnb
+    except Exception:
+        return False
+    kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def target_names(model: Any, targets: str | list[str]) -> list[str]:
+    """Full names of the modules LoRA wraps.
+
+    ``all-linear`` is QLoRA's choice: every linear layer (dense, bitsandbytes or QuantLinear)
+    except the output head. A list matches module names by their last components.
+    """
+    quant = _quant_linear_type()
+    kinds = (nn.Linear,) + ((quant,) if quant else ())
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, kinds) or module is head:
+            continue
+        if targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets):
+            names.append(name)
+    return names
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _prepare_kbit(model: Any) -> list[dict[str, Any]]:
+    """peft's k-bit preparation, measuring what it upcast (gradient checkpointing left off:
+    it is a training setting, switched on by the training workload)."""
+    from peft import prepare_model_for_kbit_training
+
+    before = {id(p): (p.dtype, p.numel() * p.element_size()) for p in model.parameters()}
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    upcast, added = 0, 0
+    for p in model.parameters():
+        dtype, nbytes = before.get(id(p), (p.dtype, 0))
+        if p.dtype == torch.float32 and dtype != torch.float32:
+            upcast += p.numel()
+            added += p.numel() * p.element_size() - nbytes
+    method = "peft-prepare_model_for_kbit_training"
+    return [
+        {
+            "metric": "kbit_upcast_to_fp32",
+            "value": float(upcast > 0),
+            "unit": "bool",
+            "method": method,
+        },
+        {
+            "metric": "kbit_upcast_params",
+            "value": float(upcast),
+            "unit": "params",
+            "method": method,
+        },
+        {"metric": "kbit_upcast_bytes", "value": float(added), "unit": "bytes", "method": method},
+    ]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module)
+
+
+def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """Freeze ``model`` and wrap its target modules with LoRA; returns the model to use."""
+    r, alpha, dropout = options["r"], options["alpha"], options["dropout"]
+    rows = _prepare_kbit(model) if is_kbit(model) else []
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = target_names(model, options["target_modules"])
+    if not names:
+        raise ValueError(f"no linear module matches target_modules={options['target_modules']}")
+    quant = _quant_linear_type()
+    own = [n for n in names if quant is not None and isinstance(model.get_submodule(n), quant)]
+    for name in own:
+        _set_module(model, name, LoraQuantLinear(model.get_submodule(name), r, alpha, dropout))
+    rest = [n for n in names if n not in own]
+    if rest:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=rest,
+            bias=options["bias"],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    backend = "+".join(b for b, used in (("peft", rest), ("harness-quantlinear", own)) if used)
+    rows.append(
+        {
+            "metric": "adapter_modules",
+            "value": float(len(names)),
+            "unit": "modules",
+            "method": f"lora:{backend}",
+        }
+    )
+    return model, rows
+
+
+def attach(loaded: Any, cell: Any) -> list[dict[str, Any]]:
+    """Apply ``cell.adapter`` to ``loaded`` in place; rows describe what was attached.
+
+    Raises SkipCell when the combination cannot run here: ``full`` on quantized storage (its
+    weights are codes, not trainable parameters) or a training optimizer the device lacks.
+    """
+    kind, _ = parse_adapter(cell.adapter)
+    if kind == "none":
+        return []
+    training = cell.workloads.training
+    if training.enabled:
+        from harness.workloads.training import optimizer_unavailable
+
+        reason = optimizer_unavailable(training.optimizer, cell.device)
+        if reason:
+            raise SkipCell(reason)
+    if kind == "full":
+        if loaded.storage == "quantized":
+            raise SkipCell(
+                f"full fine-tuning needs trainable weights, but precision '{cell.precision}' "
+                "stores quantized codes (storage=quantized); use lora-r<N> on it instead"
+            )
+        for p in loaded.model.parameters():
+            p.requires_grad_(True)
+        count = sum(1 for _ in loaded.model.parameters())
+        return [
+            {
+                "metric": "adapter_modules",
+                "value": 0.0,
+                "unit": "modules",
+                "method": f"full:{count}-parameter-tensors",
+            }
+        ]
+    loaded.model, rows = attach_lora(loaded.model, cell.adapter_options)
+    return rows
+
+
+def save_adapter(model: Any, directory: str) -> int:
+    """Write the trainable parameters (peft's format when peft made them); returns file bytes."""
+    from pathlib import Path
+
+    path = Path(directory)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(path)
+        return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().contiguous().cpu() for n, p in trainable_parameters(model)}
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    return (path / "adapter_model.safetensors").stat().st_size

@@ -1,0 +1,249 @@
+"""Fine-tuning steps: throughput, loss, trainable parameters and where the memory goes.
+
+Runs ``steps`` optimizer steps of ``grad_accum`` micro-batches on consecutive ``seq_len``-token
+windows of the builtin corpus' *train* split (never the evaluation split), with a constant
+learning rate. Throughput statistics leave out the first ``warmup_steps`` steps. Memory is
+reported twice: as a breakdown counted from live tensors (frozen weights with quantization
+state, adapter, gradients, optimizer state, activations saved for backward) and as the
+process peak (VmHWM on CPU, the allocator on CUDA), so each can be checked against the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.measure import training_memory as tm
+from harness.measure.memory import _status_kib, phase_rows, rss_bytes, track_phase
+from harness.measure.timing import summary_rows
+
+PAGED = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}
+
+
+def optimizer_unavailable(name: str, device: str) -> str | None:
+    """Why optimizer ``name`` cannot run on ``device`` (None when it can)."""
+    if name in PAGED and device != "cuda":
+        return (
+            f"optimizer '{name}' pages its state between GPU and CPU memory with bitsandbytes "
+            f"and needs CUDA; device is '{device}' (use optimizer: adamw)"
+        )
+    return None
+
+
+def make_optimizer(name: str, params: list[Any], lr: float) -> Any:
+    """torch AdamW, or a bitsandbytes paged AdamW (CUDA only). No weight decay."""
+    reason = optimizer_unavailable(name, "cuda" if params and params[0].is_cuda else "cpu")
+    if reason:
+        raise ValueError(reason)
+    if name in PAGED:
+        import bitsandbytes as bnb
+
+        return getattr(bnb.optim, PAGED[name])(params, lr=lr, weight_decay=0.0)
+    import torch
+
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Reentrant checkpointing of every decoder layer: a checkpointed layer keeps only its input
+    for backward, which the saved-tensors measure sees exactly."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    enable = enable or base.gradient_checkpointing_enable
+    enable({"use_reentrant": True})
+    if getattr(base, "_require_grads_hook", None) is None:
+        base.enable_input_require_grads()  # frozen embeddings: let gradients reach the layers
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
+    peak: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _static_bytes(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated()
+    return rss_bytes()
+
+
+def _peak_since_phase_start(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    return (_status_kib("VmHWM") or 0) * 1024 or rss_bytes()
+
+
+def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -> TrainResult:
+    """``settings.steps`` optimizer steps; ``batch(k)`` is the k-th micro-batch of token ids.
+
+    Step 0 is also the measured step: saved tensors of its first micro-batch, gradient bytes
+    after its backward, optimizer state after its update, and the process peak of its
+    forward/backward above the memory held before it (peaks are reset at the start of the
+    training phase, so step 0's peak is the phase's peak so far).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if settings.gradient_checkpointing:
+        enable_checkpointing(model)
+    optimizer = make_optimizer(settings.optimizer, params, settings.lr)
+    meter = tm.SavedTensorMeter(model)
+    model.train()
+    out = TrainResult()
+    with track_phase(device) as peak:
+        for step in range(settings.steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            static = _static_bytes(device) if step == 0 else 0
+            loss_sum = 0.0
+            for micro in range(settings.grad_accum):
+                ids = batch(step * settings.grad_accum + micro)
+                if step == 0 and micro == 0:
+                    with meter.measure():
+                        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                    meter.add_graph(loss)
+                else:
+                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                (loss / settings.grad_accum).backward()
+                loss_sum += float(loss.detach())
+            if step == 0:
+                _sync(device)
+                grads = tm.gradient_bytes(params)
+                held = _peak_since_phase_start(device) - static
+                out.memory["mem.gradients"] = grads
+                out.memory["mem.activations.saved"] = meter.bytes
+                out.memory["mem.activations.process"] = max(0, held - grads)
+            optimizer.step()
+            if step == 0:
+                out.memory["mem.optimizer_state"] = tm.optimizer_state_bytes(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            out.step_s.append(time.perf_counter() - t0)
+            out.losses.append(loss_sum / settings.grad_accum)
+    out.peak = dict(peak)
+    model.eval()
+    return out
+
+
+def parameter_rows(model: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Trainable / total logical parameters and the static memory parts."""
+    from harness.workloads.footprint import inventory
+
+    trained = [p for p in model.parameters() if p.requires_grad]
+    entries = inventory(model)
+    total = sum(e.params for e in entries)
+    n_trained = sum(p.numel() for p in {tm.storage_key(p): p for p in trained}.values())
+    trained_bytes = tm.tensor_bytes(trained)
+    frozen = sum(e.nbytes for e in entries) - trained_bytes
+    rows = [
+        {"metric": "trainable_params", "value": float(n_trained), "unit": "params"},
+        {"metric": "total_params", "value": float(total), "unit": "params"},
+        {"metric": "trainable_fraction", "value": n_trained / total, "unit": "fraction"},
+    ]
+    return rows, {"mem.frozen_weights": frozen, "mem.adapter_params": trained_bytes}
+
+
+def corpus_batches(tokenizer: Any, settings: Any, device: Any) -> Callable[[int], Any]:
+    """Micro-batch k: ``batch_size`` consecutive train-split windows, wrapping at the end."""
+    from harness.data.tokens import corpus_tokens
+
+    ids = corpus_tokens(tokenizer, "builtin", "train")
+    n_seq = len(ids) // settings.seq_len
+    if n_seq < settings.batch_size:
+        raise ValueError(
+            f"train split has {len(ids)} tokens, fewer than one batch of "
+            f"{settings.batch_size} x {settings.seq_len}"
+        )
+    windows = ids[: n_seq * settings.seq_len].view(n_seq, settings.seq_len)
+
+    def batch(k: int) -> Any:
+        rows = [(k * settings.batch_size + j) % n_seq for j in range(settings.batch_size)]
+        return windows[rows].to(device)
+
+    return batch
+
+
+def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
+    from harness.adapters import save_adapter
+    from harness.config import parse_adapter
+    from harness.data.tokens import corpus_info
+
+    kind, _ = parse_adapter(cell.adapter)
+    if kind == "none":
+        return []  # nothing is trainable: the untrained baseline of the matrix
+    model = loaded.model
+    param_rows, static = parameter_rows(model)
+    batch = corpus_batches(loaded.tokenizer, settings, model.device)
+    result = train(model, batch, settings, cell.device)
+    tokens = settings.batch_size * settings.seq_len * settings.grad_accum
+    timed = result.step_s[settings.warmup_steps :]
+    info = corpus_info("builtin", "train")
+    protocol = (
+        f"steps={settings.steps};warmup={settings.warmup_steps};batch={settings.batch_size};"
+        f"seq={settings.seq_len};grad_accum={settings.grad_accum};lr={settings.lr};"
+        f"optimizer={settings.optimizer};grad_ckpt={settings.gradient_checkpointing};"
+        f"corpus={info.name}:{info.split}@{info.sha256[:12]}"
+    )
+    process = result.peak.get("method", "")
+    mem = {**static, **result.memory}
+    peak = float(result.peak.get("peak_allocated_bytes", result.peak.get("peak_rss_bytes", 0)))
+    parts = ("mem.frozen_weights", "mem.adapter_params", "mem.gradients", "mem.optimizer_state")
+    rows = [
+        *summary_rows("train_tokens_per_s", [tokens / s for s in timed], "tokens/s"),
+        {"metric": "loss_start", "value": result.losses[0], "unit": "nats/token"},
+        {"metric": "loss_end", "value": result.losses[-1], "unit": "nats/token"},
+        *param_rows,
+        *(
+            {"metric": m, "value": float(mem[m]), "unit": "bytes", "method": "live-tensors"}
+            for m in parts
+        ),
+        {
+            "metric": "mem.activations",
+            "value": float(mem["mem.activations.saved"]),
+            "unit": "bytes",
+            "method": "saved-tensors",
+        },
+        {
+            "metric": "mem.activations",
+            "value": float(mem["mem.activations.process"]),
+            "unit": "bytes",
+            "method": f"{process}-minus-static-and-gradients",
+        },
+        {
+            "metric": "mem.accounted",
+            "unit": "bytes",
+            "method": "live-tensors+saved-tensors",
+            "value": float(sum(mem[m] for m in parts) + mem["mem.activations.saved"]),
+        },
+        {"metric": "train_peak_bytes", "unit": "bytes", "method": process, "value": peak},
+        *phase_rows("train", result.peak),
+    ]
+    if settings.save_adapter and kind == "lora":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            size = save_adapter(model, tmp)
+        rows.append(
+            {
+                "metric": "adapter_file_bytes",
+                "value": float(size),
+                "unit": "bytes",
+                "method": "safetensors",
+            }
+        )
+    return [{**r, "protocol": protocol} for r in rows]
