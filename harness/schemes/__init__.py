@@ -79,6 +79,58 @@ _ENTRIES += [
     ),
 ]
 
+# Weight-only PTQ built by the harness (harness.quant): RTN, GPTQ, SpQR. Decoder linears only.
+_RTN = "harness.schemes.gptq:RTNScheme"
+_GPTQ = "harness.schemes.gptq:GPTQScheme"
+_SPQR = "harness.schemes.gptq:SpQRScheme"
+_SPQR_REF = {
+    "beta1": 16,
+    "beta2": 16,
+    "qq_scale_bits": 3,
+    "qq_zero_bits": 3,
+    "outlier_threshold": 0.2,
+    "act_order": True,
+    "percdamp": 1.0,
+}
+_ENTRIES += [
+    SchemeEntry(
+        "rtn-w4g128",
+        _RTN,
+        "round-to-nearest, 4-bit, groups of 128 (no calibration)",
+        {"bits": 4, "group_size": 128},
+    ),
+    SchemeEntry(
+        "rtn-w3g128",
+        _RTN,
+        "round-to-nearest, 3-bit, groups of 128 (no calibration)",
+        {"bits": 3, "group_size": 128},
+    ),
+    SchemeEntry(
+        "gptq-w4g128",
+        _GPTQ,
+        "GPTQ 4-bit, groups of 128, act-order",
+        {"bits": 4, "group_size": 128, "act_order": True},
+    ),
+    SchemeEntry(
+        "gptq-w3g128",
+        _GPTQ,
+        "GPTQ 3-bit, groups of 128, act-order",
+        {"bits": 3, "group_size": 128, "act_order": True},
+    ),
+    SchemeEntry(
+        "spqr-w4",
+        _SPQR,
+        "SpQR 4-bit, beta1=beta2=16, 3-bit stats, outliers tau=0.2",
+        {"bits": 4, **_SPQR_REF},
+    ),
+    SchemeEntry(
+        "spqr-w3",
+        _SPQR,
+        "SpQR 3-bit, beta1=beta2=16, 3-bit stats, outliers tau=0.2",
+        {"bits": 3, **_SPQR_REF},
+    ),
+]
+
 REGISTRY: dict[str, SchemeEntry] = {e.name: e for e in _ENTRIES}
 
 
