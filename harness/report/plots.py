@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.report import metric_values, panels
+from harness.report.dq_curve import dq_saving_curve  # noqa: E402
 from harness.report.style import (
     CATEGORY_COLORS,
     CATEGORY_LABELS,
@@ -270,6 +271,8 @@ FIGURES: list[FigureSpec] = [
                training_memory),
     FigureSpec("memory_saving", "Memory saving against fp32 and fp16", "saving_vs_fp32.*",
                memory_saving),
+    FigureSpec("dq_saving_curve", "Double-quantization saving against layer size",
+               "dq_saving_bits.total (an nf4-dq or fp4-dq cell)", dq_saving_curve),
     FigureSpec("perplexity_vs_bits", "Perplexity against bits per parameter",
                "perplexity and bits_per_param", perplexity_vs_bits),
     FigureSpec("accuracy_vs_bits", "Accuracy against bits per parameter",
