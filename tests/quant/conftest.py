@@ -56,3 +56,9 @@ def layer() -> Layer:
 def odd_layer() -> Layer:
     """100 x 90: rows not a multiple of beta2, columns not a multiple of beta1."""
     return make_layer(100, 90, seed=1)
+
+
+@pytest.fixture(scope="session")
+def aligned_layer() -> Layer:
+    """Widths divisible by every group size, for exact formula checks."""
+    return make_layer(64, 256, seed=3)

@@ -54,10 +54,8 @@ def test_stored_bytes_by_hand(layer):
     }
 
 
-def test_measured_bits_match_formula_on_aligned_shape():
-    from conftest import make_layer
-
-    layer = make_layer(64, 256, seed=3)
+def test_measured_bits_match_formula_on_aligned_shape(aligned_layer):
+    layer = aligned_layer
     qw = spqr_quantize(layer.weight, layer.hessian, 3, beta1=16, beta2=16)
     rows, cols = 64, 256
     overhead = 8 * (cols * 2 + (rows + 1) * 4) / (rows * cols)  # perm + row pointers
