@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.data.corpus import CorpusUnavailable
 from harness.data.tokens import corpus_info, corpus_tokens
 from harness.paths import cache_dir
 from harness.stats import bootstrap_mean
@@ -123,7 +124,10 @@ class _preserved_matmul_flags:
 
 
 def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
-    ids = corpus_tokens(loaded.tokenizer, settings.corpus, "test")
+    try:
+        ids = corpus_tokens(loaded.tokenizer, settings.corpus, "test")
+    except CorpusUnavailable as exc:
+        return [{"metric": "kl_divergence", "status": "skipped", "error": str(exc)}]
     windows = windows_of(ids, settings.window, settings.max_tokens)
     ref = load_or_build_reference(cell, settings, windows)
     loaded.model.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from harness.data.corpus import CorpusUnavailable
 from harness.data.tokens import corpus_info, corpus_tokens
 from harness.stats import perplexity_interval
 
@@ -45,7 +46,10 @@ def window_nlls(model: Any, windows: Any, batch_size: int) -> tuple[list[float],
 
 def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     loaded.model.eval()
-    ids = corpus_tokens(loaded.tokenizer, settings.corpus, "test")
+    try:
+        ids = corpus_tokens(loaded.tokenizer, settings.corpus, "test")
+    except CorpusUnavailable as exc:
+        return [{"metric": "perplexity", "status": "skipped", "error": str(exc)}]
     windows = windows_of(ids, settings.window, settings.max_tokens)
     per_window, total, count = window_nlls(loaded.model, windows, settings.batch_size)
     info = corpus_info(settings.corpus, "test")

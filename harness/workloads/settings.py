@@ -76,8 +76,9 @@ class TrainingSettings(_Settings):
 class PerplexitySettings(_Settings):
     """Token perplexity over non-overlapping windows (the GPTQ/SpQR papers' protocol)."""
 
-    corpus: str = "builtin"
-    """Text to evaluate on; ``builtin`` is the test split of Python's pydoc topics."""
+    corpus: Literal["builtin", "wikitext2", "c4"] = "builtin"
+    """``builtin`` (test split of Python's pydoc topics, offline), or WikiText-2 / C4 through
+    ``datasets`` when they can be had (otherwise the row is ``skipped`` with the reason)."""
     max_tokens: int = Field(16384, ge=2)
     """Evaluate on at most this many tokens of the corpus (whole windows only)."""
     window: int = Field(1024, ge=2)
@@ -108,7 +109,7 @@ class AgreementSettings(_Settings):
     enabled: bool = False
     baseline: str = "fp32"
     """Precision whose predictions are the reference (stored once per model and corpus)."""
-    corpus: str = "builtin"
+    corpus: Literal["builtin", "wikitext2", "c4"] = "builtin"
     max_tokens: int = Field(4096, ge=2)
     window: int = Field(1024, ge=2)
     top_k: int = Field(64, ge=1)
