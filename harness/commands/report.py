@@ -30,8 +30,12 @@ def make_report(
         out = Path("reports") / slug
     if out.exists() and not out.is_dir():
         raise HarnessError(f"report output {out} exists and is not a directory")
-    paths = write_report(frame, out, title=f"Benchmark report: {', '.join(names)}",
-                         claims_path=claims)
+    from harness.report.paired import paired_table
+
+    paired = paired_table(list(dirs), list(names))
+    paths = write_report(
+        frame, out, title=f"Benchmark report: {', '.join(names)}", claims_path=claims, paired=paired
+    )
     figures = sorted(p.name for p in out.glob("*.png"))
     console.print(f"report: {paths['markdown']} and {paths['html']} ({len(figures)} figures)")
     return paths

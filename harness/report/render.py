@@ -66,9 +66,13 @@ def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
     from harness import memory_model as mm
     from harness.errors import HarnessError
 
-    pairs = [("bytes.total", "weights"), ("mem.frozen_weights", "weights"),
-             ("mem.adapter_params", "adapters"), ("mem.gradients", "gradients"),
-             ("mem.optimizer_state", "optimizer_state")]
+    pairs = [
+        ("bytes.total", "weights"),
+        ("mem.frozen_weights", "weights"),
+        ("mem.adapter_params", "adapters"),
+        ("mem.gradients", "gradients"),
+        ("mem.optimizer_state", "optimizer_state"),
+    ]
     shapes: dict[str, Any] = {}
     notes: list[str] = []
     rows = []
@@ -86,8 +90,9 @@ def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
             continue
         try:
             options = json.loads(first.get("precision_options") or "{}")
-            pred = mm.predict(shapes[model], str(first["precision"]), options,
-                              str(first["adapter"]))
+            pred = mm.predict(
+                shapes[model], str(first["precision"]), options, str(first["adapter"])
+            )
         except (HarnessError, KeyError, ValueError) as exc:
             notes.append(f"no prediction for {cell_id}: {exc}")
             continue
@@ -101,13 +106,23 @@ def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
                 measured -= float(buffers["value"].sum()) if len(buffers) else 0.0
             predicted = pred.weight_bytes if term == "weights" else getattr(pred, term)
             gap = (predicted - measured) / measured if measured else float("nan")
-            rows.append({"run": run, "precision": first["precision"],
-                         "adapter": first["adapter"], "term": metric, "measured": int(measured),
-                         "predicted": int(predicted), "gap": f"{100 * gap:+.2f}%"})
+            rows.append(
+                {
+                    "run": run,
+                    "precision": first["precision"],
+                    "adapter": first["adapter"],
+                    "term": metric,
+                    "measured": int(measured),
+                    "predicted": int(predicted),
+                    "gap": f"{100 * gap:+.2f}%",
+                }
+            )
     return pd.DataFrame(rows), notes
 
 
-def build_sections(frame: Any, out_dir: Path, claims_path: Path | None = None) -> list[Section]:
+def build_sections(
+    frame: Any, out_dir: Path, claims_path: Path | None = None, paired: Any = None
+) -> list[Section]:
     runs = ", ".join(dict.fromkeys(frame["run"]))
     intro = Section("Overview").text(
         f"Runs: {runs}. Models: {', '.join(dict.fromkeys(frame['model'].astype(str)))}. "
@@ -119,8 +134,9 @@ def build_sections(frame: Any, out_dir: Path, claims_path: Path | None = None) -
     failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
     verdicts = verdict_table(evaluate(load_claims(claims_path), frame))
     claims = Section("Published claims").table(
-        verdicts[["claim", "run", "verdict", "measured", "expected", "published", "scope",
-                  "note"]] if len(verdicts) else verdicts
+        verdicts[["claim", "run", "verdict", "measured", "expected", "published", "scope", "note"]]
+        if len(verdicts)
+        else verdicts
     )
     predicted, notes = predicted_vs_measured(frame)
     model = Section("Analytic memory model against measurement")
@@ -128,7 +144,17 @@ def build_sections(frame: Any, out_dir: Path, claims_path: Path | None = None) -
     for note in notes:
         model.text(note)
     env = Section("Environment").table(environment_table(frame))
-    return sections + [failed, claims, model, env]
+    significance = Section("Differences against fp32 (paired bootstrap)")
+    if paired is not None and len(paired):
+        significance.text(
+            "Item-by-item differences from the fp32 cell of the same model and "
+            "adapter: window NLL (positive = worse) and task items (negative = "
+            "worse), with 95% intervals."
+        )
+        significance.table(paired)
+    else:
+        significance.text("No fp32 cell with per-item samples to compare against.")
+    return sections + [failed, significance, claims, model, env]
 
 
 def _md_table(frame: Any) -> str:
@@ -138,8 +164,9 @@ def _md_table(frame: Any) -> str:
 
     cols = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in frame.itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
@@ -174,17 +201,25 @@ def to_html(sections: list[Section], title: str, out_dir: Path) -> str:
                 body.append(value.to_html(index=False, escape=True, na_rep="", border=0))
             else:
                 data = base64.b64encode((out_dir / f"{value}.png").read_bytes()).decode()
-                body.append(f'<img alt="{html.escape(s.title)}" '
-                            f'src="data:image/png;base64,{data}">')
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+                body.append(
+                    f'<img alt="{html.escape(s.title)}" src="data:image/png;base64,{data}">'
+                )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
-def write_report(frame: Any, out_dir: Path, title: str = "Benchmark report",
-                 claims_path: Path | None = None) -> dict[str, Path]:
+def write_report(
+    frame: Any,
+    out_dir: Path,
+    title: str = "Benchmark report",
+    claims_path: Path | None = None,
+    paired: Any = None,
+) -> dict[str, Path]:
     """Write report.md, report.html and the figures to ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = build_sections(frame, out_dir, claims_path)
+    sections = build_sections(frame, out_dir, claims_path, paired)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(to_markdown(sections, title))
     page.write_text(to_html(sections, title, out_dir))

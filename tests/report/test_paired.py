@@ -1,0 +1,32 @@
+"""Paired comparisons read per-item samples from cell records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.report.paired import paired_table
+
+
+def _record(path: Path, precision: str, nlls: list[float]) -> None:
+    cell = {"model": "m", "adapter": "none", "seed": 0, "precision": precision}
+    rows = [
+        {"metric": "perplexity", "samples": nlls, "status": "ok"},
+        {"metric": "bits_per_param", "value": 4.0},
+    ]
+    path.write_text(json.dumps({"cell": cell, "rows": rows}))
+
+
+def test_a_consistent_small_increase_is_significant_and_noise_is_not(tmp_path: Path) -> None:
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    base = [2.0 + 0.5 * ((i * 7) % 11) / 11 for i in range(40)]
+    _record(cells / "a.json", "fp32", base)
+    _record(cells / "b.json", "int8", [x + 0.01 for x in base])
+    _record(
+        cells / "c.json", "bf16", [x + (0.001 if i % 2 else -0.001) for i, x in enumerate(base)]
+    )
+    table = paired_table([tmp_path], ["run"]).set_index("precision")
+    assert table.loc["int8", "difference"] == 0.01 and table.loc["int8", "significant"] == "yes"
+    assert table.loc["bf16", "significant"] == "no"
+    assert set(table["metric"]) == {"window NLL"} and "fp32" not in table.index
