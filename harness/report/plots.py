@@ -23,11 +23,21 @@ from harness.report.style import (
     text_color,
 )
 
-FOOTPRINT_CATS = ["quantized_weights", "quant_state", "linear_weights", "lm_head", "embeddings",
-                  "norms", "biases", "other"]
+FOOTPRINT_CATS = [
+    "quantized_weights",
+    "quant_state",
+    "linear_weights",
+    "lm_head",
+    "embeddings",
+    "norms",
+    "biases",
+    "other",
+]
 TRAIN_CATS = ["frozen_weights", "adapter_params", "gradients", "optimizer_state", "activations"]
-REFERENCE = {"fp32": [(4, "int8: 4x"), (8, "4-bit: 8x")], "fp16": [(2, "int8: 2x"),
-                                                                  (4, "4-bit: 4x")]}
+REFERENCE = {
+    "fp32": [(4, "int8: 4x"), (8, "4-bit: 8x")],
+    "fp16": [(2, "int8: 2x"), (4, "4-bit: 4x")],
+}
 ACCURACY = re.compile(r"^(acc|acc_norm)([._].+)?$|^.+[.:/](acc|acc_norm)$")
 
 
@@ -44,8 +54,13 @@ class FigureSpec:
 def _grid(n_panels: int, rows: int = 1, width: float = 5.6, height: float = 4.0) -> Any:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, n_panels, figsize=(width * n_panels, height * rows),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows,
+        n_panels,
+        figsize=(width * n_panels, height * rows),
+        squeeze=False,
+        constrained_layout=True,
+    )
     return fig, axes
 
 
@@ -64,8 +79,9 @@ def _adapter_key(cell: Any) -> tuple[int, float, str]:
     return kind, float(rank), adapter
 
 
-def _stacked(frame: Any, prefix: str, cats: list[str], key: Callable[[Any], str],
-             ylabel: str) -> Any:
+def _stacked(
+    frame: Any, prefix: str, cats: list[str], key: Callable[[Any], str], ylabel: str
+) -> Any:
     """Stacked bars of ``prefix<cat>`` per cell; None when no panel has any."""
     if not any(len(metric_values(frame, prefix + c)) for c in cats):
         return None
@@ -77,16 +93,30 @@ def _stacked(frame: Any, prefix: str, cats: list[str], key: Callable[[Any], str]
     fig, axes = _grid(len(plist), width=max(6.4, 0.55 * most + 1.5), height=4.6)
     for ax, (title, rows) in zip(axes[0], plist, strict=True):
         cells = rows.drop_duplicates("cell_id")  # rows: already one per cell and metric
-        order = sorted(cells.itertuples(), key=lambda c: (precision_order(cells["precision"])
-                                                         .index(c.precision), _adapter_key(c)))
+        order = sorted(
+            cells.itertuples(),
+            key=lambda c: (precision_order(cells["precision"]).index(c.precision), _adapter_key(c)),
+        )
         labels = [key(c) for c in order]
         bottom = [0.0] * len(order)
         for cat in cats:
-            vals = [rows[(rows["cell_id"] == c.cell_id) & (rows["metric"] == prefix + cat)]
-                    ["value"].sum() / div for c in order]
+            vals = [
+                rows[(rows["cell_id"] == c.cell_id) & (rows["metric"] == prefix + cat)][
+                    "value"
+                ].sum()
+                / div
+                for c in order
+            ]
             if any(vals):
-                ax.bar(range(len(order)), vals, bottom=bottom, color=CATEGORY_COLORS[cat],
-                       label=CATEGORY_LABELS[cat], edgecolor="white", linewidth=0.5)
+                ax.bar(
+                    range(len(order)),
+                    vals,
+                    bottom=bottom,
+                    color=CATEGORY_COLORS[cat],
+                    label=CATEGORY_LABELS[cat],
+                    edgecolor="white",
+                    linewidth=0.5,
+                )
                 bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
         for i, total in enumerate(bottom):
             ax.annotate(f"{total:.3g}", (i, total), ha="center", va="bottom", fontsize=7.5)
@@ -100,13 +130,15 @@ def _stacked(frame: Any, prefix: str, cats: list[str], key: Callable[[Any], str]
 
 
 def memory_breakdown(frame: Any) -> Any:
-    return _stacked(frame, "bytes.", FOOTPRINT_CATS, lambda c: str(c.precision),
-                    "stored weight bytes")
+    return _stacked(
+        frame, "bytes.", FOOTPRINT_CATS, lambda c: str(c.precision), "stored weight bytes"
+    )
 
 
 def training_memory(frame: Any) -> Any:
-    return _stacked(frame, "mem.", TRAIN_CATS, lambda c: f"{c.precision} · {c.adapter}",
-                    "training memory")
+    return _stacked(
+        frame, "mem.", TRAIN_CATS, lambda c: f"{c.precision} · {c.adapter}", "training memory"
+    )
 
 
 def memory_saving(frame: Any) -> Any:
@@ -123,20 +155,40 @@ def memory_saving(frame: Any) -> Any:
                 for dx, scope, hatch in ((-0.2, "quantized_layers", ""), (0.2, "model", "//")):
                     v = metric_values(rows[rows["precision"] == prec], f"saving_vs_{ref}.{scope}")
                     if len(v):
-                        ax.bar(i + dx, v["value"].mean(), 0.38, color=precision_color(prec),
-                               hatch=hatch, edgecolor="black", linewidth=0.4)
+                        ax.bar(
+                            i + dx,
+                            v["value"].mean(),
+                            0.38,
+                            color=precision_color(prec),
+                            hatch=hatch,
+                            edgecolor="black",
+                            linewidth=0.4,
+                        )
             for y, label in REFERENCE[ref]:
                 ax.axhline(y, color="#444", linestyle="--", linewidth=0.9)
-                ax.text(1.01, y, f"published\n{label}", transform=ax.get_yaxis_transform(),
-                        ha="left", va="center", fontsize=8, color="#444")
+                ax.text(
+                    1.01,
+                    y,
+                    f"published\n{label}",
+                    transform=ax.get_yaxis_transform(),
+                    ha="left",
+                    va="center",
+                    fontsize=8,
+                    color="#444",
+                )
             _xticks(ax, order)
             ax.set_ylabel(f"times smaller than {ref} (x)")
             ax.set_title(f"{title + ': ' if title else ''}vs {ref}")
     from matplotlib.patches import Patch
 
-    fig.legend(handles=[Patch(facecolor="#bbb", edgecolor="black", label="quantized layers"),
-                        Patch(facecolor="#bbb", edgecolor="black", hatch="//",
-                              label="whole model")], loc="outside right upper", fontsize=8)
+    fig.legend(
+        handles=[
+            Patch(facecolor="#bbb", edgecolor="black", label="quantized layers"),
+            Patch(facecolor="#bbb", edgecolor="black", hatch="//", label="whole model"),
+        ],
+        loc="outside right upper",
+        fontsize=8,
+    )
     return fig
 
 
@@ -160,12 +212,21 @@ def _labels(ax: Any, points: list[tuple[float, float, str]]) -> None:
     for x, y, name in sorted(points, key=lambda p: (-p[1], p[0])):
         px, py = ax.transData.transform((x, y))
         dy = 4.0
-        while any(abs(py + dy * pt - qy) < 10 * pt and px < qx + qw and qx < px + 5 * pt * len(name)
-                  for qx, qy, qw in placed):
+        while any(
+            abs(py + dy * pt - qy) < 10 * pt and px < qx + qw and qx < px + 5 * pt * len(name)
+            for qx, qy, qw in placed
+        ):
             dy -= 10
         placed.append((px, py + dy * pt, 5 * pt * len(name)))
-        ax.annotate(name, (x, y), xytext=(6, dy), textcoords="offset points", fontsize=8,
-                    color=text_color(name), va="bottom" if dy > 0 else "center")
+        ax.annotate(
+            name,
+            (x, y),
+            xytext=(6, dy),
+            textcoords="offset points",
+            fontsize=8,
+            color=text_color(name),
+            va="bottom" if dy > 0 else "center",
+        )
 
 
 def _quality_vs_bits(frame: Any, metrics: list[str], ylabel: str, higher_better: bool) -> Any:
@@ -176,7 +237,7 @@ def _quality_vs_bits(frame: Any, metrics: list[str], ylabel: str, higher_better:
     fig, axes = _grid(len(plist), width=5.8, height=4.4)
     for ax, (title, rows, metric) in zip(axes[0], plist, strict=True):
         q = metric_values(rows, metric).groupby("cell_id")["value"].mean()
-        b = metric_values(rows, "bits_per_param").set_index("cell_id")
+        b = _layer_bits(rows)
         labelled = []
         for cell_id, y in q.items():
             if cell_id in b.index:
@@ -186,16 +247,46 @@ def _quality_vs_bits(frame: Any, metrics: list[str], ylabel: str, higher_better:
         points = [(x, y) for x, y, _ in labelled]
         if points and max(p[1] for p in points) > 5 * max(min(p[1] for p in points), 1e-9):
             ax.set_yscale("log")
+        if points and max(p[0] for p in points) > 4 * max(min(p[0] for p in points), 1e-9):
+            ax.set_xscale("log", base=2)  # 3, 4, 8, 16, 32 bits spread evenly
         _labels(ax, labelled)
         front = _pareto(points, higher_better)
         if len(front) > 1:
-            ax.step(*zip(*front, strict=True), where="post", color="#555", linestyle="--",
-                    linewidth=1, label="Pareto frontier", zorder=2)
+            ax.step(
+                *zip(*front, strict=True),
+                where="post",
+                color="#555",
+                linestyle="--",
+                linewidth=1,
+                label="Pareto frontier",
+                zorder=2,
+            )
             ax.legend(loc="best")
-        ax.set_xlabel("effective bits per parameter (bits)")
+        ax.set_xlabel("bits per weight of the linear layers (bits; embeddings excluded)")
         ax.set_ylabel(ylabel if len(metrics) == 1 else f"{metric} ({ylabel})")
         ax.set_title(" · ".join(t for t in (title, "" if metric == "perplexity" else metric) if t))
     return fig
+
+
+def _layer_bits(rows: Any) -> Any:
+    """Stored bits per weight of the decoder linear layers, quantized or not, per cell.
+
+    Whole-model bits hide the schemes behind the unquantized embeddings of a small model, so the
+    comparison uses the layers every scheme actually treats (whole-model bits when absent).
+    """
+
+    def total(names: list[str]) -> Any:
+        parts = [metric_values(rows, n).groupby("cell_id")["value"].sum() for n in names]
+        return sum(p.reindex(parts[0].index.union(parts[1].index), fill_value=0) for p in parts)
+
+    stored = total(["bytes.quantized_weights", "bytes.linear_weights"]).add(
+        metric_values(rows, "bytes.quant_state").groupby("cell_id")["value"].sum(), fill_value=0
+    )
+    weights = total(["params.quantized_weights", "params.linear_weights"])
+    whole = metric_values(rows, "bits_per_param").set_index("cell_id")
+    layer = (8 * stored / weights).dropna()
+    whole.loc[whole.index.intersection(layer.index), "value"] = layer
+    return whole
 
 
 def perplexity_vs_bits(frame: Any) -> Any:
@@ -208,9 +299,11 @@ def accuracy_vs_bits(frame: Any) -> Any:
     return _quality_vs_bits(frame, metrics, "accuracy (fraction, higher is better)", True)
 
 
-THROUGHPUT = [("prefill_tokens_per_s", "prefill (tokens/s)"),
-              ("decode_tokens_per_s", "decode (tokens/s)"),
-              ("decode_bandwidth_gb_per_s", "decode weight bandwidth (GB/s)")]
+THROUGHPUT = [
+    ("prefill_tokens_per_s", "prefill (tokens/s)"),
+    ("decode_tokens_per_s", "decode (tokens/s)"),
+    ("decode_bandwidth_gb_per_s", "decode weight bandwidth (GB/s)"),
+]
 
 
 def throughput(frame: Any) -> Any:
@@ -228,10 +321,19 @@ def throughput(frame: Any) -> Any:
             lo = metric_values(rows, metric, "p10").groupby("precision")["value"].mean()
             hi = metric_values(rows, metric, "p90").groupby("precision")["value"].mean()
             for i, prec in enumerate(order):
-                err = [[max(med[prec] - lo.get(prec, med[prec]), 0)],
-                       [max(hi.get(prec, med[prec]) - med[prec], 0)]]
-                ax.bar(i, med[prec], color=precision_color(prec), yerr=err, capsize=4,
-                       edgecolor="black", linewidth=0.4)
+                err = [
+                    [max(med[prec] - lo.get(prec, med[prec]), 0)],
+                    [max(hi.get(prec, med[prec]) - med[prec], 0)],
+                ]
+                ax.bar(
+                    i,
+                    med[prec],
+                    color=precision_color(prec),
+                    yerr=err,
+                    capsize=4,
+                    edgecolor="black",
+                    linewidth=0.4,
+                )
             _xticks(ax, order)
             ax.set_ylabel(label)
             ax.set_title(f"{title + ': ' if title else ''}{label.split(' (')[0]}")
@@ -250,12 +352,15 @@ def _heatmap(metric: str, stat: str | None, label: str, scale: float = 1.0) -> C
         plist = [(t, r) for t, r in panels(rows)]
         fig, axes = _grid(len(plist), width=5.2, height=3.8)
         for ax, (title, sub) in zip(axes[0], plist, strict=True):
-            grid = sub.pivot_table(index="precision", columns="rank", values="value",
-                                   aggfunc="mean") / scale
+            grid = (
+                sub.pivot_table(index="precision", columns="rank", values="value", aggfunc="mean")
+                / scale
+            )
             grid = grid.reindex(precision_order(grid.index))
             grid.columns = [int(c) for c in grid.columns]
-            sns.heatmap(grid, annot=True, fmt=".3g", cmap="viridis", ax=ax,
-                        cbar_kws={"label": label})
+            sns.heatmap(
+                grid, annot=True, fmt=".3g", cmap="viridis", ax=ax, cbar_kws={"label": label}
+            )
             ax.set_xlabel("LoRA rank r")
             ax.set_ylabel("precision")
             ax.set_title(title or label)
@@ -265,25 +370,48 @@ def _heatmap(metric: str, stat: str | None, label: str, scale: float = 1.0) -> C
 
 
 FIGURES: list[FigureSpec] = [
-    FigureSpec("memory_breakdown", "Stored model bytes by category", "footprint bytes.*",
-               memory_breakdown),
-    FigureSpec("training_memory", "Training memory breakdown", "training mem.*",
-               training_memory),
-    FigureSpec("memory_saving", "Memory saving against fp32 and fp16", "saving_vs_fp32.*",
-               memory_saving),
-    FigureSpec("dq_saving_curve", "Double-quantization saving against layer size",
-               "dq_saving_bits.total (an nf4-dq or fp4-dq cell)", dq_saving_curve),
-    FigureSpec("perplexity_vs_bits", "Perplexity against bits per parameter",
-               "perplexity and bits_per_param", perplexity_vs_bits),
-    FigureSpec("accuracy_vs_bits", "Accuracy against bits per parameter",
-               "accuracy metrics (acc, acc_norm) and bits_per_param", accuracy_vs_bits),
-    FigureSpec("throughput", "Prefill and decode throughput", "inference tokens/s",
-               throughput),
-    FigureSpec("lora_peak_memory", "LoRA training peak memory", "train_peak_bytes in lora cells",
-               _heatmap("train_peak_bytes", None, "training peak (GB)", 1e9)),
-    FigureSpec("lora_train_throughput", "LoRA training throughput",
-               "train_tokens_per_s in lora cells",
-               _heatmap("train_tokens_per_s", "median", "train tokens/s (median)")),
-    FigureSpec("lora_perplexity", "Perplexity after LoRA fine-tuning",
-               "perplexity in lora cells", _heatmap("perplexity", None, "perplexity")),
+    FigureSpec(
+        "memory_breakdown", "Stored model bytes by category", "footprint bytes.*", memory_breakdown
+    ),
+    FigureSpec("training_memory", "Training memory breakdown", "training mem.*", training_memory),
+    FigureSpec(
+        "memory_saving", "Memory saving against fp32 and fp16", "saving_vs_fp32.*", memory_saving
+    ),
+    FigureSpec(
+        "dq_saving_curve",
+        "Double-quantization saving against layer size",
+        "dq_saving_bits.total (an nf4-dq or fp4-dq cell)",
+        dq_saving_curve,
+    ),
+    FigureSpec(
+        "perplexity_vs_bits",
+        "Perplexity against bits per parameter",
+        "perplexity and bits_per_param",
+        perplexity_vs_bits,
+    ),
+    FigureSpec(
+        "accuracy_vs_bits",
+        "Accuracy against bits per parameter",
+        "accuracy metrics (acc, acc_norm) and bits_per_param",
+        accuracy_vs_bits,
+    ),
+    FigureSpec("throughput", "Prefill and decode throughput", "inference tokens/s", throughput),
+    FigureSpec(
+        "lora_peak_memory",
+        "LoRA training peak memory",
+        "train_peak_bytes in lora cells",
+        _heatmap("train_peak_bytes", None, "training peak (GB)", 1e9),
+    ),
+    FigureSpec(
+        "lora_train_throughput",
+        "LoRA training throughput",
+        "train_tokens_per_s in lora cells",
+        _heatmap("train_tokens_per_s", "median", "train tokens/s (median)"),
+    ),
+    FigureSpec(
+        "lora_perplexity",
+        "Perplexity after LoRA fine-tuning",
+        "perplexity in lora cells",
+        _heatmap("perplexity", None, "perplexity"),
+    ),
 ]
