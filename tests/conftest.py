@@ -44,3 +44,14 @@ workloads:
   inference: {enabled: false}
   perplexity: {max_tokens: 256, window: 64}
 """
+
+
+@pytest.fixture()
+def single_thread():
+    """The quantization solvers run many tiny ops; on a shared 2-core box threads add contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

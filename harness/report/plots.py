@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.report import metric_values, panels
-from harness.report.dq_curve import dq_saving_curve  # noqa: E402
+from harness.report.dq_curve import dq_saving_curve
 from harness.report.style import (
     CATEGORY_COLORS,
     CATEGORY_LABELS,
@@ -22,17 +22,9 @@ from harness.report.style import (
     precision_order,
     text_color,
 )
+from harness.workloads.footprint import CATEGORIES  # noqa: E402
 
-FOOTPRINT_CATS = [
-    "quantized_weights",
-    "quant_state",
-    "linear_weights",
-    "lm_head",
-    "embeddings",
-    "norms",
-    "biases",
-    "other",
-]
+FOOTPRINT_CATS = [c for c in CATEGORIES if c != "buffers"]
 TRAIN_CATS = ["frozen_weights", "adapter_params", "gradients", "optimizer_state", "activations"]
 REFERENCE = {
     "fp32": [(4, "int8: 4x"), (8, "4-bit: 8x")],

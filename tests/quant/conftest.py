@@ -38,12 +38,9 @@ def make_layer(rows: int, cols: int, seed: int = 0, tokens: int = 1024) -> Layer
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """The solvers run many tiny ops; on a shared 2-core box threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_thread):
+    """Every solver test runs single-threaded (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,7 @@ PRESETS = ["rtn-w4g128", "rtn-w3g128", "gptq-w4g128", "gptq-w3g128", "spqr-w4", 
 SMALL_CALIB = {"nsamples": 8, "seqlen": 64, "calib_batch_size": 4}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture()
