@@ -134,3 +134,13 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(
     with pytest.raises(HarnessError, match="no CUDA GPU"):
         expand(exp, "cuda")
     assert expand(exp, "auto")[0].device == "cpu"
+
+
+def test_readme_example_experiment_validates(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## An experiment file\n\n```yaml\n(.*?)```", readme, re.S)
+    assert block, "README lost its example experiment"
+    exp = load_experiment(write_experiment(tmp_path / "readme.yaml", block.group(1)))
+    assert "accuracy" in exp.workloads.enabled() and exp.precisions[-1].options
