@@ -16,6 +16,7 @@ Everything is a real tensor so byte counts are measured, not estimated.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
@@ -220,12 +221,35 @@ def measured_bits(qw: QuantizedWeight) -> float:
     return 8 * sum(qw.stored_bytes().values()) / (qw.shape[0] * qw.shape[1])
 
 
+KERNEL_ENV = "HARNESS_QUANT_KERNEL"
+KERNELS = ("auto", "torch", "triton")
+
+
+def matmul_kernel(x: Tensor) -> str:
+    """Which forward path a :class:`QuantLinear` takes for input ``x``.
+
+    ``auto`` (default): the fused Triton kernel for CUDA inputs when triton is installed,
+    else dequantize + matmul in torch. ``HARNESS_QUANT_KERNEL=torch|triton`` forces one
+    (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``: a correctness check, slow).
+    """
+    choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if choice not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV}={choice!r} is not one of {', '.join(KERNELS)}")
+    if choice != "auto":
+        return choice
+    from harness.quant.triton_linear import triton_available
+
+    return "triton" if x.is_cuda and triton_available() else "torch"
+
+
 class QuantLinear(nn.Module):
     """``nn.Linear`` replacement holding only the quantized format as buffers.
 
-    The dense weight is rebuilt on every forward and dropped afterwards, so the memory
-    saving is real. Float16 buffers keep their dtype when the module is cast (e.g.
-    ``model.to(torch.bfloat16)``), because recasting stored statistics would change them.
+    On CUDA the forward runs a Triton kernel that dequantizes tile by tile inside the
+    matmul (``triton_linear.py``); elsewhere the dense weight is rebuilt on every forward
+    and dropped afterwards. Either way the memory saving is real. Float16 buffers keep
+    their dtype when the module is cast (e.g. ``model.to(torch.bfloat16)``), because
+    recasting stored statistics would change them.
     """
 
     def __init__(self, qw: QuantizedWeight, bias: Tensor | None = None) -> None:
@@ -243,6 +267,10 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         qw = self.quantized_weight()
+        if matmul_kernel(x) == "triton":
+            from harness.quant.triton_linear import fused_linear
+
+            return fused_linear(x, qw, self.bias)
         if qw.perm is not None:
             x = x.index_select(-1, qw.perm.long())
         bias = None if self.bias is None else self.bias.to(x.dtype)

@@ -79,6 +79,25 @@ def _unpack_runs(stream: Tensor, bits: int) -> Tensor:
     return (merged >> shifts) & (2**bits - 1)
 
 
+def gather_codes(words: Tensor, bits: int, index: Tensor) -> Tensor:
+    """Codes at flat positions ``index`` of a packed stream, without unpacking the rest.
+
+    Code ``i`` starts at bit ``(i % 8) * bits`` of run ``i // 8`` (``bits`` bytes per
+    run) and spans at most two bytes; the fused kernel decodes codes the same way.
+    """
+    _check_bits(bits)
+    stream = words.reshape(-1).view(torch.uint8)
+    index = index.long()
+    bit = (index % _CODES_PER_RUN) * bits
+    byte = (index // _CODES_PER_RUN) * bits + bit // 8
+    shift = bit % 8
+    lo = stream[byte].long()
+    # the next byte is needed only when the code straddles; clamp keeps the read in range
+    hi = stream[(byte + 1).clamp(max=stream.numel() - 1)].long()
+    hi = torch.where(shift + bits > 8, hi, torch.zeros_like(hi))
+    return (((hi << 8) | lo) >> shift) & (2**bits - 1)
+
+
 @dataclass
 class PackedCodes:
     """Packed codes together with the metadata needed to unpack them."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.quant.grid import fit_minmax, quantize, round_to_fp16
-from harness.quant.pack import unpack
+from harness.quant.pack import gather_codes, unpack
 
 
 def _pad_rows(values: Tensor, group: int) -> Tensor:
@@ -78,3 +78,27 @@ def decode_stat(
     if second is None:
         return codes.float()
     return decode_bilevel(codes, second, stats_group_size)
+
+
+def stat_at(
+    data: Tensor,
+    bits: int,
+    second: Tensor | None,
+    rows: int,
+    stats_group_size: int,
+    group: Tensor,
+    row: Tensor,
+) -> Tensor:
+    """Float32 values of the stored ``[n_groups, rows]`` table at ``(group, row)`` pairs.
+
+    Decodes only the requested entries (the outlier correction needs a handful).
+    """
+    flat = group.long() * rows + row.long()
+    if bits >= 16:
+        return data.reshape(-1)[flat].float()
+    codes = gather_codes(data, bits, flat).float()
+    if second is None:
+        return codes
+    n_runs = second.shape[-2]
+    pair = second.reshape(-1, 2)[group.long() * n_runs + row.long() // stats_group_size].float()
+    return pair[:, 0] * (codes - pair[:, 1])

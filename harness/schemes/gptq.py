@@ -120,6 +120,7 @@ class QuantizedScheme(SchemeHandler):
             meta = {"family": self.family, "model": source.spec, "options": options}
             qc.store_entry(key, quantized, {**meta, "build": build})
         rows = self.rows(quantized, opts, build, cache_hit=hit is not None)
+        rows.append(_kernel_row(device))
         notes = {
             "cache_key": key,
             "quantized_layers": len(quantized),
@@ -270,3 +271,18 @@ class SpQRScheme(_CalibratedScheme):
             outlier_fraction,
         )  # fmt: skip
         return base + (32 * n_second - 64) / (opts.beta1 * opts.beta2)
+
+
+def _kernel_row(device: str) -> dict:
+    """Which QuantLinear forward the workloads of this cell run (see quant.linear)."""
+    import torch
+
+    from harness.quant.linear import matmul_kernel
+
+    fused = matmul_kernel(torch.empty(0, device=device)) == "triton"
+    how = (
+        "Triton kernel, dequantization fused into the matmul"
+        if fused
+        else ("torch: dense weight rebuilt per forward, then matmul")
+    )
+    return {"metric": "fused_kernel", "value": float(fused), "unit": "bool", "method": how}

@@ -1,0 +1,133 @@
+"""The Triton kernel behind :func:`harness.quant.triton_linear.fused_linear`.
+
+Kept in its own module so that importing the package never imports triton.
+Layout reminders (see ``linear.py``, ``pack.py``, ``stats.py``):
+
+* weight code ``(n, k)`` (row ``n``, stored column ``k``) is code ``n * K + k`` of the
+  packed stream; code ``i`` starts at bit ``(i % 8) * bits`` of byte run ``i // 8``;
+* statistic ``(g, n)`` is entry ``g * N + n`` of its table; a bilevel entry is
+  ``scale2 * (code - zero2)`` with the float16 pair of run ``n // stats_group_size``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from harness.quant.linear import QuantizedWeight
+
+
+@triton.jit
+def _code(stream, idx, mask, BITS: tl.constexpr):
+    """Unsigned ``BITS``-wide codes at flat positions ``idx`` of a packed byte stream."""
+    bit = (idx % 8) * BITS
+    byte = (idx // 8) * BITS + bit // 8
+    shift = bit % 8
+    lo = tl.load(stream + byte, mask=mask, other=0).to(tl.int32)
+    if 8 % BITS == 0:
+        word = lo  # widths dividing 8 never straddle a byte
+    else:
+        hi = tl.load(stream + byte + 1, mask=mask & (shift + BITS > 8), other=0).to(tl.int32)
+        word = lo | (hi << 8)
+    return (word >> shift) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def _stat(data, second, g, n, N, n_runs, run_rows, mask, BITS: tl.constexpr, BILEVEL: tl.constexpr):
+    """Float32 statistic ``(g, n)`` decoded from float16, packed codes or bilevel codes."""
+    idx = g * N + n
+    if BITS >= 16:
+        return tl.load(data + idx, mask=mask, other=0.0).to(tl.float32)
+    value = _code(data, idx, mask, BITS).to(tl.float32)
+    if BILEVEL:
+        pair = (g * n_runs + n // run_rows) * 2
+        s2 = tl.load(second + pair, mask=mask, other=0.0).to(tl.float32)
+        z2 = tl.load(second + pair + 1, mask=mask, other=0.0).to(tl.float32)
+        value = s2 * (value - z2)
+    return value
+
+
+@triton.jit
+def _fused_dequant_matmul(
+    x, codes, scale, scale2, zero, zero2, y,
+    M, N, K, group_size, n_runs, run_rows,
+    stride_xm, stride_ym,
+    BITS: tl.constexpr,
+    SCALE_BITS: tl.constexpr,
+    SCALE_BILEVEL: tl.constexpr,
+    ZERO_BITS: tl.constexpr,
+    ZERO_BILEVEL: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x_mask = (rm[:, None] < M) & (rk[None, :] < K)
+        xt = tl.load(x + rm[:, None] * stride_xm + rk[None, :], mask=x_mask, other=0.0)
+        w_mask = (rk[:, None] < K) & (rn[None, :] < N)
+        n2 = rn[None, :]
+        g2 = rk[:, None] // group_size
+        code = _code(codes, n2.to(tl.int64) * K + rk[:, None], w_mask, BITS).to(tl.float32)
+        s = _stat(scale, scale2, g2, n2, N, n_runs, run_rows, w_mask, SCALE_BITS, SCALE_BILEVEL)
+        z = _stat(zero, zero2, g2, n2, N, n_runs, run_rows, w_mask, ZERO_BITS, ZERO_BILEVEL)
+        wt = tl.where(w_mask, s * (code - z), 0.0).to(xt.dtype)
+        if IEEE:
+            acc += tl.dot(xt, wt, input_precision="ieee")
+        else:
+            acc += tl.dot(xt, wt)
+    y_mask = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(y + rm[:, None] * stride_ym + rn[None, :], acc.to(y.dtype.element_ty), mask=y_mask)
+
+
+def launch(x: Tensor, qw: QuantizedWeight) -> Tensor:
+    """``x[M, K] @ grid_weight.T`` in stored column order, output in ``x.dtype``."""
+    rows, cols = qw.shape
+    m = x.shape[0]
+    y = torch.empty(m, rows, device=x.device, dtype=x.dtype)
+    block_m = 16 if m <= 16 else 64
+    block_n, block_k = 64, 32
+    dummy = qw.scale  # placeholder pointer for an absent second level (never read)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(rows, block_n))
+    _fused_dequant_matmul[grid](
+        x, _bytes(qw.codes), _stat_arg(qw.scale, qw.scale_bits),
+        _pairs(qw.scale2, dummy), _stat_arg(qw.zero, qw.zero_bits), _pairs(qw.zero2, dummy), y,
+        m, rows, cols, qw.group_size, _n_runs(qw), max(qw.stats_group_size, 1),
+        x.stride(0), y.stride(0),
+        BITS=qw.bits,
+        SCALE_BITS=qw.scale_bits, SCALE_BILEVEL=qw.scale2 is not None,
+        ZERO_BITS=qw.zero_bits, ZERO_BILEVEL=qw.zero2 is not None,
+        IEEE=_ieee(x),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    )  # fmt: skip
+    return y
+
+
+def _bytes(t: Tensor) -> Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def _stat_arg(t: Tensor, bits: int) -> Tensor:
+    return t.reshape(-1) if bits >= 16 else _bytes(t)
+
+
+def _pairs(second: Tensor | None, dummy: Tensor) -> Tensor:
+    return dummy if second is None else second.reshape(-1)
+
+
+def _n_runs(qw: QuantizedWeight) -> int:
+    for second in (qw.scale2, qw.zero2):
+        if second is not None:
+            return int(second.shape[-2])
+    return 1
+
+
+def _ieee(x: Tensor) -> bool:
+    """Full fp32 products unless torch itself would use TF32 for this float32 matmul."""
+    return x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cuda.matmul.allow_tf32)
