@@ -39,13 +39,14 @@ def _stat(data, second, g, n, N, n_runs, run_rows, mask, BITS: tl.constexpr, BIL
     """Float32 statistic ``(g, n)`` decoded from float16, packed codes or bilevel codes."""
     idx = g * N + n
     if BITS >= 16:
-        return tl.load(data + idx, mask=mask, other=0.0).to(tl.float32)
-    value = _code(data, idx, mask, BITS).to(tl.float32)
-    if BILEVEL:
-        pair = (g * n_runs + n // run_rows) * 2
-        s2 = tl.load(second + pair, mask=mask, other=0.0).to(tl.float32)
-        z2 = tl.load(second + pair + 1, mask=mask, other=0.0).to(tl.float32)
-        value = s2 * (value - z2)
+        value = tl.load(data + idx, mask=mask, other=0.0).to(tl.float32)
+    else:
+        value = _code(data, idx, mask, BITS).to(tl.float32)
+        if BILEVEL:
+            pair = (g * n_runs + n // run_rows) * 2
+            s2 = tl.load(second + pair, mask=mask, other=0.0).to(tl.float32)
+            z2 = tl.load(second + pair + 1, mask=mask, other=0.0).to(tl.float32)
+            value = s2 * (value - z2)
     return value
 
 
@@ -86,27 +87,80 @@ def _fused_dequant_matmul(
     tl.store(y + rm[:, None] * stride_ym + rn[None, :], acc.to(y.dtype.element_ty), mask=y_mask)
 
 
+_POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+BLOCK_N, BLOCK_K = 64, 32
+
+
 def launch(x: Tensor, qw: QuantizedWeight) -> Tensor:
     """``x[M, K] @ grid_weight.T`` in stored column order, output in ``x.dtype``."""
     rows, cols = qw.shape
     m = x.shape[0]
     y = torch.empty(m, rows, device=x.device, dtype=x.dtype)
-    block_m = 16 if m <= 16 else 64
-    block_n, block_k = 64, 32
-    dummy = qw.scale  # placeholder pointer for an absent second level (never read)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(rows, block_n))
+    meta = _constexprs(qw, x.dtype, m, x.is_cuda)
+    grid = (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(rows, BLOCK_N))
     _fused_dequant_matmul[grid](
-        x, _bytes(qw.codes), _stat_arg(qw.scale, qw.scale_bits),
-        _pairs(qw.scale2, dummy), _stat_arg(qw.zero, qw.zero_bits), _pairs(qw.zero2, dummy), y,
-        m, rows, cols, qw.group_size, _n_runs(qw), max(qw.stats_group_size, 1),
-        x.stride(0), y.stride(0),
-        BITS=qw.bits,
-        SCALE_BITS=qw.scale_bits, SCALE_BILEVEL=qw.scale2 is not None,
-        ZERO_BITS=qw.zero_bits, ZERO_BILEVEL=qw.zero2 is not None,
-        IEEE=_ieee(x),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+        *_pointers(x, qw, y), *_sizes(qw, m), x.stride(0), y.stride(0), **meta
+    )
     return y
+
+
+def compile_for(qw: QuantizedWeight, dtype: torch.dtype, m: int, arch: int):
+    """Compile the kernel :func:`launch` would run, for CUDA compute capability ``arch``.
+
+    Needs no GPU (Triton ships the CUDA compiler), so CPU-only CI checks that the kernel
+    really builds for the GPUs it targets, beyond what the interpreter can tell.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(_fused_dequant_matmul.arg_names)
+    meta = _constexprs(qw, dtype, m, cuda=True)
+    stat = {
+        n: "*fp16" if b >= 16 else "*u8"
+        for n, b in (("scale", qw.scale_bits), ("zero", qw.zero_bits))
+    }
+    signature = {n: "i32" for n in names}
+    signature.update(
+        x=_POINTER[dtype], y=_POINTER[dtype], codes="*u8", scale2="*fp16", zero2="*fp16", **stat
+    )
+    signature.update({n: "constexpr" for n in meta})
+    constexprs = {(names.index(n),): v for n, v in meta.items()}
+    source = ASTSource(_fused_dequant_matmul, signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32))
+
+
+def _constexprs(qw: QuantizedWeight, dtype: torch.dtype, m: int, cuda: bool) -> dict:
+    return {
+        "BITS": qw.bits,
+        "SCALE_BITS": qw.scale_bits,
+        "SCALE_BILEVEL": qw.scale2 is not None,
+        "ZERO_BITS": qw.zero_bits,
+        "ZERO_BILEVEL": qw.zero2 is not None,
+        "IEEE": _ieee(dtype, cuda),
+        "BLOCK_M": 16 if m <= 16 else 64,  # one decode step fills a 16-row tile
+        "BLOCK_N": BLOCK_N,
+        "BLOCK_K": BLOCK_K,
+    }
+
+
+def _pointers(x: Tensor, qw: QuantizedWeight, y: Tensor) -> tuple[Tensor, ...]:
+    """x, codes, scale, scale2, zero, zero2, y as the kernel reads them."""
+    dummy = qw.scale  # stands in for an absent second level (never read)
+    return (
+        x,
+        _bytes(qw.codes),
+        _stat_arg(qw.scale, qw.scale_bits),
+        _pairs(qw.scale2, dummy),
+        _stat_arg(qw.zero, qw.zero_bits),
+        _pairs(qw.zero2, dummy),
+        y,
+    )
+
+
+def _sizes(qw: QuantizedWeight, m: int) -> tuple[int, ...]:
+    """M, N, K, group_size, n_runs, run_rows."""
+    rows, cols = qw.shape
+    return m, rows, cols, qw.group_size, _n_runs(qw), max(qw.stats_group_size, 1)
 
 
 def _bytes(t: Tensor) -> Tensor:
@@ -128,6 +182,6 @@ def _n_runs(qw: QuantizedWeight) -> int:
     return 1
 
 
-def _ieee(x: Tensor) -> bool:
+def _ieee(dtype: torch.dtype, cuda: bool) -> bool:
     """Full fp32 products unless torch itself would use TF32 for this float32 matmul."""
-    return x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    return dtype == torch.float32 and not (cuda and torch.backends.cuda.matmul.allow_tf32)
