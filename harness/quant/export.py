@@ -18,7 +18,9 @@ Zero-point convention: ``checkpoint_format="gptq"`` (v1, what AutoGPTQ writes an
 default here) stores ``z - 1`` modulo ``2**bits``; ``"gptq_v2"`` (GPTQModel's internal
 format) stores ``z``. v1 cannot represent ``z = 0`` for loaders that add 1 without wrapping
 (a group whose weights are all >= 0); :func:`export_gptq` warns when that occurs and this
-module's importer wraps, so its round trip is exact either way.
+module's importer wraps, so its round trip is exact either way. GPTQModel refuses
+asymmetric (``sym=False``) v1 checkpoints that it did not write itself, so asymmetric
+exports meant for it need ``"gptq_v2"``; symmetric ones load in either format.
 
 ``quantize_config.json`` records bits, group_size, desc_act, sym, true_sequential (False:
 the harness collects all Hessians of a block from the float block at once) and
@@ -131,7 +133,8 @@ def export_gptq(
     """Write ``model`` (with ``QuantLinear`` layers) as a GPTQ checkpoint; returns the config.
 
     Dense parameters (embeddings, norms, lm_head) are saved as they are; ``config.json``
-    comes from ``model.config`` when the model has one.
+    comes from ``model.config`` when the model has one. Pass ``tokenizer`` for a complete
+    checkpoint: loaders such as ``GPTQModel.load`` read the tokenizer from the same folder.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,12 @@ def export_gptq(
     for key, t in model.state_dict().items():
         if key.rsplit(".", 1)[0] not in qlayers:
             tensors.setdefault(key, t.detach().cpu().contiguous())
+    if not config["sym"] and checkpoint_format == "gptq":
+        warnings.warn(
+            "asymmetric (sym=False) export in the v1 'gptq' format: GPTQModel refuses to load "
+            "it (use checkpoint_format='gptq_v2' for GPTQModel)",
+            stacklevel=2,
+        )
     if zero_wraps and checkpoint_format == "gptq":
         warnings.warn(
             f"{zero_wraps} group zero points are 0: stored as {2 ** config['bits'] - 1} in the "
