@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and "harness[ray]" stay
 )
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables stay whole.
 console = Console() if Console().is_terminal else Console(width=160)
@@ -44,12 +45,38 @@ def run(
     only: Annotated[
         str | None, typer.Option(help="Run only cells whose id matches this glob.")
     ] = None,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="local: one cell at a time on this machine. ray: cells as concurrent Ray "
+            "tasks on a cluster (pip install 'harness[ray]')."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join (auto, ray://host:10001) [default: the current one, "
+            "else a new one on this machine]."
+        ),
+    ] = None,
+    cpus_per_cell: Annotated[
+        int, typer.Option(help="With --launcher ray: cores (and torch threads) per cell.")
+    ] = 1,
 ) -> None:
     """Run every cell of an experiment matrix, each in its own process, and collect the table."""
-    from harness.commands.run import run_experiment
+    from harness.commands.run import Launch, run_experiment
 
     try:
-        run_experiment(experiment, out=out, device=device, force=force, only=only, console=console)
+        launch = Launch(launcher, ray_address, cpus_per_cell)
+        run_experiment(
+            experiment,
+            out=out,
+            device=device,
+            force=force,
+            only=only,
+            launch=launch,
+            console=console,
+        )
     except HarnessError as exc:
         fail(exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,33 @@ from harness.results import collect
 from harness.runner.local import CellOutcome, run_matrix
 from harness.summary import cell_line, summary_table
 
+LAUNCHERS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where the cells run: ``local`` (one at a time here) or ``ray`` (concurrent tasks)."""
+
+    launcher: str = "local"
+    ray_address: str | None = None
+    cpus_per_cell: int = 1
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            allowed = ", ".join(LAUNCHERS)
+            raise HarnessError(f"unknown launcher '{self.launcher}'; allowed: {allowed}")
+        if self.launcher != "ray" and (self.ray_address or self.cpus_per_cell != 1):
+            raise HarnessError("--ray-address and --cpus-per-cell need --launcher ray")
+
+    def run(self, cells: list, out_dir: Path, **kw: Any) -> list[CellOutcome]:
+        if self.launcher == "local":
+            return run_matrix(cells, out_dir, **kw)
+        from harness.runner.ray_cluster import run_matrix_ray
+
+        return run_matrix_ray(
+            cells, out_dir, address=self.ray_address, cpus_per_cell=self.cpus_per_cell, **kw
+        )
+
 
 def run_experiment(
     path: Path,
@@ -24,9 +52,11 @@ def run_experiment(
     device: str | None = None,
     force: bool = False,
     only: str | None = None,
+    launch: Launch | None = None,
     console: Console | None = None,
 ) -> Any:
     console = console or Console()
+    launch = launch or Launch()
     exp = load_experiment(path)
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda")
@@ -36,7 +66,8 @@ def run_experiment(
         if not cells:
             raise HarnessError(f"--only '{only}' matches no cell of {exp.name}")
     out_dir = out or _default_out(exp.name)
-    console.print(f"[bold]{exp.name}[/]: {len(cells)} cells -> {out_dir}")
+    where = "" if launch.launcher == "local" else f" on Ray ({launch.cpus_per_cell} cores/cell)"
+    console.print(f"[bold]{exp.name}[/]: {len(cells)} cells{where} -> {out_dir}")
     with _progress(console) as progress:
         task = progress.add_task("cells", total=len(cells), cell="")
 
@@ -47,7 +78,7 @@ def run_experiment(
             progress.console.print(cell_line(outcome), highlight=False)
             progress.advance(task)
 
-        outcomes = run_matrix(cells, out_dir, force=force, on_start=on_start, on_done=on_done)
+        outcomes = launch.run(cells, out_dir, force=force, on_start=on_start, on_done=on_done)
     frame = collect(out_dir, cells)
     console.print(summary_table(frame, exp.name))
     reused = sum(o.reused for o in outcomes)

@@ -59,6 +59,17 @@ def run_in_subprocess(cell: Cell, out_dir: Path) -> dict[str, Any]:
     """Run ``cell`` in a fresh interpreter and store its record; never raises for cell faults."""
     pending = out_dir / "cells" / f".{cell.id}.pending.json"
     log_path = out_dir / "logs" / f"{cell.id}.log"
+    record = execute_cell(cell, pending, log_path)
+    write_record(out_dir, cell, record)
+    return record
+
+
+def execute_cell(cell: Cell, pending: Path, log_path: Path) -> dict[str, Any]:
+    """Run ``cell`` in a fresh interpreter; its record, or a failure record if it died.
+
+    The worker writes its record to ``pending`` and its output to ``log_path``; the
+    Ray launcher calls this on a cluster node with scratch paths.
+    """
     pending.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pending.unlink(missing_ok=True)
@@ -76,10 +87,8 @@ def run_in_subprocess(cell: Cell, out_dir: Path) -> dict[str, Any]:
     if pending.is_file() and not timed_out:
         record = json.loads(pending.read_text())
         pending.unlink()
-    else:
-        record = _failure_record(cell, proc.returncode, timed_out, log_path, started)
-    write_record(out_dir, cell, record)
-    return record
+        return record
+    return _failure_record(cell, proc.returncode, timed_out, log_path, started)
 
 
 def _wait(proc: subprocess.Popen, stdin: str, timeout_s: float) -> bool:
