@@ -145,13 +145,13 @@ class QuantizedWeight:
         """
         rows, cols = self.shape
         groups, gs = self.n_groups, self.group_size
-        codes = self.unpacked_codes().float()
+        codes = self.unpacked_codes()
         if groups * gs != cols:
             codes = F.pad(codes, (0, groups * gs - cols))
-        scale = self.scale_values().t().unsqueeze(-1)
-        zero = self.zero_values().t().unsqueeze(-1)
-        w = (scale * (codes.view(rows, groups, gs) - zero)).reshape(rows, groups * gs)
-        w = w[:, :cols]
+        # scale * (code - zero), in place: each fresh weight-sized buffer costs a pass
+        w = codes.view(rows, groups, gs).float()
+        w.sub_(self.zero_values().t().unsqueeze(-1)).mul_(self.scale_values().t().unsqueeze(-1))
+        w = w.view(rows, groups * gs)[:, :cols]
         if self.num_outliers:
             counts = self.outlier_rowptr.long().diff()
             row_idx = torch.repeat_interleave(torch.arange(rows, device=w.device), counts)

@@ -76,7 +76,9 @@ def _unpack_runs(stream: Tensor, bits: int) -> Tensor:
     byte_shifts = torch.arange(bits, device=stream.device, dtype=dtype) * 8
     merged = (stream.to(dtype).view(-1, bits) << byte_shifts).sum(dim=1, keepdim=True, dtype=dtype)
     shifts = torch.arange(_CODES_PER_RUN, device=stream.device, dtype=dtype) * bits
-    return (merged >> shifts) & (2**bits - 1)
+    # narrow first (conversion keeps the low byte), then mask a 4-8x smaller tensor
+    codes = (merged >> shifts).to(torch.uint8)
+    return codes.bitwise_and_(2**bits - 1)
 
 
 def gather_codes(words: Tensor, bits: int, index: Tensor) -> Tensor:
