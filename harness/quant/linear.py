@@ -235,10 +235,18 @@ def matmul_kernel(x: Tensor) -> str:
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if choice not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={choice!r} is not one of {', '.join(KERNELS)}")
-    if choice != "auto":
-        return choice
     from harness.quant.triton_linear import triton_available
 
+    if choice == "triton":
+        if not triton_available():
+            raise ValueError(f"{KERNEL_ENV}=triton but triton is not installed")
+        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"{KERNEL_ENV}=triton on a {x.device.type} tensor needs a CUDA device, "
+                "or TRITON_INTERPRET=1 (set before triton is imported) to interpret it"
+            )
+    if choice != "auto":
+        return choice
     return "triton" if x.is_cuda and triton_available() else "torch"
 
 

@@ -116,6 +116,11 @@ def test_kernel_choice(monkeypatch):
     monkeypatch.setenv(KERNEL_ENV, "cuda")
     with pytest.raises(ValueError, match="auto, torch, triton"):
         matmul_kernel(torch.zeros(1))
+    monkeypatch.setenv(KERNEL_ENV, "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device, or TRITON_INTERPRET=1"):
+            matmul_kernel(torch.zeros(1))
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
