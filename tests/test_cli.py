@@ -98,3 +98,15 @@ def test_run_help_keeps_defaults_and_extras_visible() -> None:
     assert result.exit_code == 0
     for text in ("[default: results/NAME]", "harness[ray]", "--launcher", "--cpus-per-cell"):
         assert text in result.output
+
+
+def test_python_dash_m_harness_runs_the_cli() -> None:
+    """Machines that only put the source on PYTHONPATH use ``python -m harness``."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "list"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "synthetic:small-llama" in done.stdout and "spqr-w3" in done.stdout
