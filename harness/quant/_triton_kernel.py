@@ -61,6 +61,7 @@ def _fused_dequant_matmul(
     ZERO_BITS: tl.constexpr,
     ZERO_BILEVEL: tl.constexpr,
     IEEE: tl.constexpr,
+    GROUP_ALIGNED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -74,10 +75,17 @@ def _fused_dequant_matmul(
         xt = tl.load(x + rm[:, None] * stride_xm + rk[None, :], mask=x_mask, other=0.0)
         w_mask = (rk[:, None] < K) & (rn[None, :] < N)
         n2 = rn[None, :]
-        g2 = rk[:, None] // group_size
         code = _code(codes, n2.to(tl.int64) * K + rk[:, None], w_mask, BITS).to(tl.float32)
-        s = _stat(scale, scale2, g2, n2, N, n_runs, run_rows, w_mask, SCALE_BITS, SCALE_BILEVEL)
-        z = _stat(zero, zero2, g2, n2, N, n_runs, run_rows, w_mask, ZERO_BITS, ZERO_BILEVEL)
+        if GROUP_ALIGNED:  # the tile lies in one group: one row of statistics serves it
+            g1 = k0 // group_size
+            n_mask = rn < N
+            s = _stat(scale, scale2, g1, rn, N, n_runs, run_rows, n_mask, SCALE_BITS, SCALE_BILEVEL)
+            z = _stat(zero, zero2, g1, rn, N, n_runs, run_rows, n_mask, ZERO_BITS, ZERO_BILEVEL)
+            s, z = s[None, :], z[None, :]
+        else:
+            g2 = rk[:, None] // group_size
+            s = _stat(scale, scale2, g2, n2, N, n_runs, run_rows, w_mask, SCALE_BITS, SCALE_BILEVEL)
+            z = _stat(zero, zero2, g2, n2, N, n_runs, run_rows, w_mask, ZERO_BITS, ZERO_BILEVEL)
         wt = tl.where(w_mask, s * (code - z), 0.0).to(xt.dtype)
         if IEEE:
             acc += tl.dot(xt, wt, input_precision="ieee")
@@ -88,7 +96,7 @@ def _fused_dequant_matmul(
 
 
 _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
-BLOCK_N, BLOCK_K = 64, 32
+BLOCK_N = 64
 
 
 def launch(x: Tensor, qw: QuantizedWeight) -> Tensor:
@@ -130,6 +138,8 @@ def compile_for(qw: QuantizedWeight, dtype: torch.dtype, m: int, arch: int):
 
 
 def _constexprs(qw: QuantizedWeight, dtype: torch.dtype, m: int, cuda: bool) -> dict:
+    # a K tile inside one group loads its statistics once (GPTQ g128, SpQR beta1 = 16)
+    block_k = 16 if qw.group_size % 32 and qw.group_size % 16 == 0 else 32
     return {
         "BITS": qw.bits,
         "SCALE_BITS": qw.scale_bits,
@@ -137,9 +147,10 @@ def _constexprs(qw: QuantizedWeight, dtype: torch.dtype, m: int, cuda: bool) -> 
         "ZERO_BITS": qw.zero_bits,
         "ZERO_BILEVEL": qw.zero2 is not None,
         "IEEE": _ieee(dtype, cuda),
+        "GROUP_ALIGNED": qw.group_size % block_k == 0,
         "BLOCK_M": 16 if m <= 16 else 64,  # one decode step fills a 16-row tile
         "BLOCK_N": BLOCK_N,
-        "BLOCK_K": BLOCK_K,
+        "BLOCK_K": block_k,
     }
 
 

@@ -37,6 +37,7 @@ def _schemes(layer) -> dict[str, QuantizedWeight]:
         "rtn-w2-g16": rtn_quantize(w, 2, 16),
         "rtn-w3-g48": rtn_quantize(w, 3, 48),
         "rtn-w5-g64": rtn_quantize(w, 5, 64),
+        "rtn-w4-g20-groups-straddle-tiles": rtn_quantize(w, 4, 20),
         "rtn-w8-g64": rtn_quantize(w, 8, 64),
     }
 
@@ -149,6 +150,7 @@ sys.path.insert(0, "tests/quant")
 from conftest import make_layer
 from harness.quant import _triton_kernel as kernel
 from harness.quant.gptq import gptq_quantize
+from harness.quant.grid import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 
 layer = make_layer(64, 80, tokens=256)
@@ -156,7 +158,7 @@ spqr = spqr_quantize(layer.weight, layer.hessian, 3, outlier_threshold=0.2)
 gptq = gptq_quantize(layer.weight, layer.hessian, 4, 32, act_order=True)
 cases = [(90, spqr, d, m) for d in (torch.float32, torch.float16, torch.bfloat16) for m in (1, 64)]
 cases += [(90, gptq, torch.float16, 1), (80, spqr, torch.bfloat16, 1)]
-cases += [(80, gptq, torch.float32, 64)]
+cases += [(80, gptq, torch.float32, 64), (90, rtn_quantize(layer.weight, 4, 20), torch.float16, 1)]
 for arch, qw, dtype, m in cases:
     compiled = kernel.compile_for(qw, dtype, m, arch)
     assert len(compiled.asm["cubin"]) > 0
@@ -183,4 +185,4 @@ def test_kernel_compiles_for_ampere_and_hopper(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("compiled") == 9
+    assert done.stdout.count("compiled") == 10
