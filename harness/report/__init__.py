@@ -13,7 +13,7 @@ from harness.errors import HarnessError
 
 ENV_COLUMNS = [
     "device", "device_name", "driver", "cuda", "python", "platform", "cpu", "cpu_count",
-    "torch_threads", "memory_total_bytes", "git_sha",
+    "torch_threads", "memory_total_bytes", "git_sha", "ray_node_ip",
 ]
 
 

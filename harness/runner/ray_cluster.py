@@ -134,7 +134,19 @@ def _run_on_node(cell_json: str) -> tuple[dict[str, Any], str]:
     with tempfile.TemporaryDirectory(prefix="harness-cell-") as scratch:
         log_path = Path(scratch) / "cell.log"
         record = execute_cell(cell, Path(scratch) / "record.json", log_path)
-        return record, log_path.read_text(errors="replace")
+        log_text = log_path.read_text(errors="replace")
+    # which node measured it: nodes of one cluster can differ in hardware
+    record.setdefault("env", {})["ray_node_ip"] = _node_ip()
+    return record, log_text
+
+
+def _node_ip() -> str | None:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # outside a Ray worker (direct calls in tests)
+        return None
 
 
 def _lost_record(cell: Cell, exc: BaseException) -> dict[str, Any]:

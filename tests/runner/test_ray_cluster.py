@@ -50,6 +50,7 @@ def test_cells_run_as_tasks_failures_are_rows_and_resume_works(
     assert "exit code" in first[0].record["error"]
     assert (out / "logs" / f"{cells[1].id}.log").is_file()
     assert first[1].record["env"]["torch_threads"] == 1  # one reserved core, one thread
+    assert first[1].record["env"]["ray_node_ip"]  # the node that measured it
 
     monkeypatch.delenv(FAULT_ENV)
     again = run_matrix_ray(cells, out)
