@@ -70,6 +70,7 @@ def test_prefill_sized_input_with_bias_and_leading_dims(layer, triton_kernel):
     x = layer.x[:70].reshape(2, 35, 200).to(DEVICE)  # M = 70 spans two row tiles
     out = module(x)
     assert out.shape == (2, 35, 128)
+    assert module(x[:, :0]).shape == (2, 0, 128)
     ref = _reference(x.reshape(70, 200), qw, bias.to(DEVICE)).reshape(2, 35, 128)
     assert torch.allclose(out, ref, atol=1e-4 * float(ref.abs().max()))
 
