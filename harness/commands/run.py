@@ -71,10 +71,20 @@ def run_experiment(
     with _progress(console) as progress:
         task = progress.add_task("cells", total=len(cells), cell="")
 
+        running: set[str] = set()
+
+        def show_running() -> None:
+            # local runs one cell at a time; Ray queues them all at once: count those not yet done
+            label = next(iter(running)) if len(running) == 1 else f"{len(running)} cells in flight"
+            progress.update(task, cell=label if running else "")
+
         def on_start(cell: Any) -> None:
-            progress.update(task, cell=cell.id)
+            running.add(cell.id)
+            show_running()
 
         def on_done(outcome: CellOutcome) -> None:
+            running.discard(outcome.cell.id)
+            show_running()
             progress.console.print(cell_line(outcome), highlight=False)
             progress.advance(task)
 
