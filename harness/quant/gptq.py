@@ -9,6 +9,7 @@ pushed onto the columns not yet quantized. Updates are applied lazily: inside a 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -91,6 +92,52 @@ def current_columns(
     return torch.cat([inside, beyond], dim=1)
 
 
+class ColumnSweep:
+    """GPTQ's column-by-column pass with lazy batch updates, shared by GPTQ and SpQR.
+
+    Iterating yields stored column indices ``j`` in order. For each one the solver reads
+    :meth:`column` (or a group ahead with :meth:`columns_until`), quantizes it and calls
+    :meth:`commit` with the reconstructed values: the scaled error is spread over the rest of
+    the block at once and over later blocks in one matmul when the block ends.
+    """
+
+    def __init__(self, W: Tensor, Hinv: Tensor, block_size: int) -> None:
+        self.W, self.Hinv, self.block_size = W, Hinv, block_size
+
+    def __iter__(self) -> Iterator[int]:
+        W, Hinv = self.W, self.Hinv
+        cols = W.shape[1]
+        for i1 in range(0, cols, self.block_size):
+            i2 = min(i1 + self.block_size, cols)
+            self.i1 = i1
+            self.W1 = W[:, i1:i2].clone()
+            self.err = torch.zeros_like(self.W1)
+            self.H1 = Hinv[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                self.i = i
+                yield i1 + i
+            W[:, i2:] -= self.err @ Hinv[i1:i2, i2:]
+
+    def column(self) -> Tensor:
+        """The current column, ``[rows, 1]``, with every earlier error applied."""
+        return self.W1[:, self.i : self.i + 1]
+
+    def columns_until(self, end: int) -> Tensor:
+        """Up-to-date stored columns from the current one up to ``end`` (a group to fit)."""
+        return current_columns(self.W, self.W1, self.err, self.Hinv, self.i1, self.i, end)
+
+    def pivot(self) -> Tensor:
+        """The current column's diagonal entry of the Cholesky factor of ``H^-1``."""
+        return self.H1[self.i, self.i]
+
+    def commit(self, reconstructed: Tensor) -> None:
+        """Fix the current column at ``reconstructed`` and compensate the later columns."""
+        i = self.i
+        e = (self.column() - reconstructed) / self.pivot()
+        self.W1[:, i:] -= e @ self.H1[i : i + 1, i:]
+        self.err[:, i : i + 1] = e
+
+
 def store_perm(perm: Tensor | None, cols: int) -> Tensor | None:
     return None if perm is None else perm.to(index_dtype(cols))
 
@@ -118,25 +165,16 @@ def gptq_quantize(
     zeros = torch.zeros_like(scales)
     codes = torch.zeros(rows, cols, dtype=torch.uint8, device=W.device)
     scale = zero = None
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        err = torch.zeros_like(W1)
-        H1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = i1 + i
-            if j % gs == 0:
-                group = current_columns(W, W1, err, Hinv, i1, i, min(j + gs, cols))
-                scale, zero = fit_minmax(group, bits, round_zero=True, sym=sym)
-                scale = round_to_fp16(scale)
-                scales[j // gs], zeros[j // gs] = scale[:, 0], zero[:, 0]
-            w = W1[:, i : i + 1]
-            q = quantize(w, scale, zero, bits)
-            codes[:, j] = q[:, 0].to(torch.uint8)
-            e = (w - dequantize(q, scale, zero)) / H1[i, i]
-            W1[:, i:] -= e @ H1[i : i + 1, i:]
-            err[:, i : i + 1] = e
-        W[:, i2:] -= err @ Hinv[i1:i2, i2:]
+    sweep = ColumnSweep(W, Hinv, block_size)
+    for j in sweep:
+        if j % gs == 0:
+            group = sweep.columns_until(min(j + gs, cols))
+            scale, zero = fit_minmax(group, bits, round_zero=True, sym=sym)
+            scale = round_to_fp16(scale)
+            scales[j // gs], zeros[j // gs] = scale[:, 0], zero[:, 0]
+        q = quantize(sweep.column(), scale, zero, bits)
+        codes[:, j] = q[:, 0].to(torch.uint8)
+        sweep.commit(dequantize(q, scale, zero))
     return QuantizedWeight.from_codes(
         codes,
         bits,

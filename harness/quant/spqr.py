@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from harness.quant.gptq import Hessian, current_columns, index_dtype, prepare, store_perm
+from harness.quant.gptq import ColumnSweep, Hessian, index_dtype, prepare, store_perm
 from harness.quant.grid import dequantize, fit_minmax, num_groups, quantize, round_to_fp16
 from harness.quant.linear import QuantizedWeight
 from harness.quant.pack import pack
@@ -144,25 +144,17 @@ def spqr_quantize(
     outliers = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
     values = torch.zeros(rows, cols, dtype=torch.float16, device=W.device)
     use_loo = not simplified_outliers and not math.isinf(tau)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        err = torch.zeros_like(W1)
-        H1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = i1 + i
-            if j % beta1 == 0:
-                end = min(j + beta1, cols)
-                group = current_columns(W, W1, err, Hinv, i1, i, end)
-                scale, zero = _fit_group(group, d[j:end], bits, tau, use_loo, stats, j // beta1)
-            w = W1[:, i : i + 1]
-            q, rec, out = _quantize_column(w, scale, zero, bits, H1[i, i], tau)
-            codes[:, j] = q[:, 0].to(torch.uint8)
-            outliers[:, j], values[:, j] = out[:, 0], torch.where(out, w, 0.0)[:, 0].half()
-            e = (w - rec) / H1[i, i]
-            W1[:, i:] -= e @ H1[i : i + 1, i:]
-            err[:, i : i + 1] = e
-        W[:, i2:] -= err @ Hinv[i1:i2, i2:]
+    sweep = ColumnSweep(W, Hinv, block_size)
+    for j in sweep:
+        if j % beta1 == 0:
+            end = min(j + beta1, cols)
+            group = sweep.columns_until(end)
+            scale, zero = _fit_group(group, d[j:end], bits, tau, use_loo, stats, j // beta1)
+        w = sweep.column()
+        q, rec, out = _quantize_column(w, scale, zero, bits, sweep.pivot(), tau)
+        codes[:, j] = q[:, 0].to(torch.uint8)
+        outliers[:, j], values[:, j] = out[:, 0], torch.where(out, w, 0.0)[:, 0].half()
+        sweep.commit(rec)
     return _assemble(codes, outliers, values, perm, stats, bits, beta1, beta2)
 
 
