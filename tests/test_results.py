@@ -118,3 +118,27 @@ def test_load_table_reports_corrupt_parquet(tmp_path: Path) -> None:
         load_table(tmp_path)
     with pytest.raises(HarnessError, match="no results"):
         load_table(tmp_path / "empty")
+
+
+def test_git_sha_is_dirty_for_code_changes_not_for_results(tmp_path) -> None:
+    import subprocess
+
+    from harness.measure.env import git_sha
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "cell.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_sha(tmp_path)
+    assert clean and len(clean) == 40
+    (tmp_path / "results" / "cell.json").write_text('{"rerun": true}\n')
+    git_sha.cache_clear()
+    assert git_sha(tmp_path) == clean
+    (tmp_path / "code.py").write_text("a = 2\n")
+    git_sha.cache_clear()
+    assert git_sha(tmp_path) == f"{clean}-dirty"

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from harness.paths import repo_root
@@ -21,28 +22,31 @@ def _version(package: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
-def git_sha() -> str | None:
-    """HEAD of the harness checkout, with ``-dirty`` when tracked files differ."""
+OUTPUT_DIRS = ("results", "reports")
+
+
+@lru_cache(maxsize=4)
+def git_sha(root: Path | None = None) -> str | None:
+    """HEAD of the harness checkout, with ``-dirty`` when tracked code differs from it.
+
+    Changes under ``results/`` and ``reports/`` do not count: a matrix that writes into a
+    committed results directory must not mark its own later cells as run on dirty code.
+    """
+    root = root or repo_root()
+    outputs = [f":(exclude){d}" for d in OUTPUT_DIRS]
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=repo_root(),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo_root(),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        sha = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
 
 
 def cpu_name() -> str:
