@@ -21,7 +21,6 @@ Training and inference terms are documented approximations:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,42 +128,12 @@ def _category(module: Any, pname: str, lm_head: Any) -> str:
     return "biases" if pname == "bias" else "other"
 
 
-def scheme_family(precision: str, options: dict[str, Any] | None = None) -> tuple[str, dict]:
-    """(family, resolved options) of a registered precision."""
-    from harness.schemes import get_entry
+def scheme_handler(precision: str, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(handler, validated options) of a registered precision; the handler states its bytes."""
+    from harness.schemes import get_handler
 
-    entry = get_entry(precision)
-    family = entry.handler.split(":")[1].removesuffix("Scheme").lower()
-    return family, {**entry.preset, **(options or {})}
-
-
-def linear_bytes(family: str, opts: dict[str, Any], out: int, inp: int) -> tuple[int, int]:
-    """(weight bytes, quantization-state bytes) of one ``out x in`` linear under a scheme."""
-    n = out * inp
-    if family == "dense":
-        return n * _DTYPE_BYTES[opts.get("dtype", "float32")], 0
-    if family == "int8":
-        return n, 4 * out  # int8 codes + one fp32 scale (SCB) per output row
-    if family == "fourbit":
-        blocks = math.ceil(n / opts.get("blocksize", 64))
-        code = 16 * 4  # the 16-entry fp32 code table
-        if opts.get("double_quant"):
-            # uint8 absmax per block, fp32 absmax per 256 blocks, 1 KiB nested code, offset
-            return (n + 1) // 2, blocks + 4 * math.ceil(blocks / 256) + 1024 + 4 + code
-        return (n + 1) // 2, 4 * blocks + code
-    bits = opts.get("bits", 4)
-    if family in ("rtn", "gptq"):
-        groups = math.ceil(inp / opts["group_size"]) if opts.get("group_size") else 1
-        perm = 4 * inp if opts.get("act_order") else 0
-        return math.ceil(n * bits / 8), out * groups * (16 + bits) // 8 + perm
-    if family == "spqr":
-        from harness.quant.linear import formula_bits_spqr
-
-        stat_bits = (opts.get("qq_scale_bits") or 16, opts.get("qq_zero_bits") or 16)
-        extra = formula_bits_spqr(bits, opts["beta1"], opts["beta2"], *stat_bits, 0.0) - bits
-        perm = 4 * inp if opts.get("act_order") else 0
-        return math.ceil(n * bits / 8), math.ceil(n * extra / 8) + perm
-    raise HarnessError(f"no memory formula for scheme family {family!r}")
+    handler = get_handler(precision)
+    return handler, handler.options(options)
 
 
 @dataclass
@@ -212,13 +181,12 @@ def predict(shape: Shape, precision: str, options: dict | None = None, adapter: 
             work: Workload | None = None) -> Prediction:
     """Every memory term of one cell (model shape x precision x adapter x sequence sizes)."""
     work = work or Workload()
-    family, opts = scheme_family(precision, options)
-    dense_dtype = opts.get("dtype", "float32") if family == "dense" else "float32"
-    a = _DTYPE_BYTES[dense_dtype]
-    quantized = family != "dense"
+    handler, opts = scheme_handler(precision, options)
+    a = _DTYPE_BYTES[handler.dense_dtype(opts)]
+    quantized = handler.quantizes_linears
     weights: dict[str, int] = {}
     for _, out, inp in shape.linears:
-        w, s = linear_bytes(family, opts, out, inp)
+        w, s = handler.linear_bytes(opts, out, inp)
         key = "quantized_weights" if quantized else "linear_weights"
         weights[key] = weights.get(key, 0) + w
         if s:

@@ -55,3 +55,16 @@ class SchemeHandler:
 
     def load(self, source: ModelSource, opts: SchemeOptions, device: str) -> LoadedModel:
         raise NotImplementedError
+
+    # What the memory model asks of a scheme; answered without loading anything.
+    quantizes_linears: bool = True
+    """False for dense precisions: their linears are counted as ``linear_weights``."""
+
+    def linear_bytes(self, opts: SchemeOptions, out: int, inp: int) -> tuple[int, int]:
+        """(weight bytes, quantization-state bytes) this scheme stores for one ``out x in``
+        linear, exactly as the footprint workload counts them."""
+        raise NotImplementedError(f"{type(self).__name__} states no linear_bytes")
+
+    def dense_dtype(self, opts: SchemeOptions) -> str:
+        """dtype of the parameters the scheme leaves unquantized (embeddings, norms, ...)."""
+        return "float32"

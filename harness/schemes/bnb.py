@@ -7,6 +7,7 @@ which turns the mixed-precision decomposition off (a default some tools pick sil
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -59,6 +60,9 @@ def _load(source, config, device: str, compute_dtype: str, tokenizer=None) -> Lo
 class Int8Scheme(SchemeHandler):
     Options = Int8Options
 
+    def linear_bytes(self, opts: Int8Options, out: int, inp: int) -> tuple[int, int]:
+        return out * inp, 4 * out  # int8 codes + one fp32 scale (SCB) per output row
+
     def load(self, source, opts: Int8Options, device: str) -> LoadedModel:
         _check_platform(device)
         from transformers import BitsAndBytesConfig
@@ -78,6 +82,15 @@ class Int8Scheme(SchemeHandler):
 
 class FourBitScheme(SchemeHandler):
     Options = FourBitOptions
+
+    def linear_bytes(self, opts: FourBitOptions, out: int, inp: int) -> tuple[int, int]:
+        n = out * inp
+        blocks = math.ceil(n / opts.blocksize)
+        code = 16 * 4  # the 16-entry fp32 code table
+        if opts.double_quant:
+            # uint8 absmax per block, fp32 absmax per 256 blocks, 1 KiB nested code, offset
+            return (n + 1) // 2, blocks + 4 * math.ceil(blocks / 256) + 1024 + 4 + code
+        return (n + 1) // 2, 4 * blocks + code
 
     def load(self, source, opts: FourBitOptions, device: str) -> LoadedModel:
         _check_platform(device)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from harness.schemes.base import LoadedModel, SchemeHandler, SchemeOptions
 
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
 
 class DenseOptions(SchemeOptions):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -28,6 +30,14 @@ class DenseScheme(SchemeHandler):
         if major < 8:
             return f"tf32 needs compute capability >= 8.0; this GPU has {major}.{minor}"
         return None
+
+    quantizes_linears = False
+
+    def linear_bytes(self, opts: DenseOptions, out: int, inp: int) -> tuple[int, int]:
+        return out * inp * DTYPE_BYTES[opts.dtype], 0
+
+    def dense_dtype(self, opts: DenseOptions) -> str:
+        return opts.dtype
 
     def load(self, source, opts: DenseOptions, device: str) -> LoadedModel:
         import torch

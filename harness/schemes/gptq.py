@@ -12,6 +12,7 @@ content (``quantized_cache``), so each setting calibrates once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -91,6 +92,15 @@ class QuantizedScheme(SchemeHandler):
     def formula_bits(self, opts: Any, rows: int, cols: int, outlier_fraction: float) -> float:
         """Published average bits per weight of one ``rows x cols`` layer."""
         raise NotImplementedError
+
+    def linear_bytes(self, opts: Any, out: int, inp: int) -> tuple[int, int]:
+        """Codes at ``bits`` each; the formula's remaining bits are statistics, plus the
+        act-order permutation (int32 per input column). SpQR outliers are not known before
+        calibration and are left out (each adds ~32 bits)."""
+        n = out * inp
+        extra = self.formula_bits(opts, out, inp, 0.0) - opts.bits
+        perm = 4 * inp if getattr(opts, "act_order", False) else 0
+        return math.ceil(n * opts.bits / 8), math.ceil(n * extra / 8) + perm
 
     def load(self, source: Any, opts: Any, device: str) -> LoadedModel:
         import torch
