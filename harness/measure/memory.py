@@ -1,14 +1,26 @@
-"""Peak memory per phase, read after the phase rather than polled where possible.
+"""Peak memory per phase, as what the phase needs rather than what the process happens to hold.
 
-CPU: the kernel's resident high-water mark (VmHWM) is reset through /proc/self/clear_refs
-before a phase and read after it, so the peak belongs to that phase; it is reported above the
-RSS at phase start. Where the reset is refused the method name says the peak is since process
-start. CUDA: the caching allocator's peak allocated and reserved bytes (reset per phase) and,
-when NVML sees the GPU, the process's device memory from a light polling thread.
+A phase's figure is ``peak_bytes`` = the model's live tensors at the phase start (weights,
+quantization state, adapters, counted from the tensors themselves) + the process growth during
+the phase above its start. Before the start, freed memory is handed back to the system
+(``gc`` + glibc ``malloc_trim`` on CPU, ``empty_cache`` on CUDA), so pages left behind by
+loading (a 4-bit model is built from fp32 first) are not counted, and neither are imported
+libraries (~0.5 GB of a CPU process): those are what whole-process RSS adds, and RSS
+ranks precisions backwards. Whole-process figures stay available under their own names
+(``peak_rss_absolute_bytes``, NVML rows), never as the figure tables, plots and claims use.
+
+CPU: the growth is the kernel's resident high-water mark (VmHWM, reset through
+/proc/self/clear_refs) above the RSS at phase start; where the reset is refused the method says
+so and only the absolute figure is reported. CUDA: the caching allocator's peak allocated bytes
+(which already hold every live tensor) and peak reserved bytes; NVML's per-process and
+whole-device memory from a light polling thread as separate rows. Inside a container NVML
+reports host PIDs, so the per-process row is then missing with that reason, never 0.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +29,10 @@ from typing import Any
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_NVML_NO_PID = (
+    "NVML lists no process with this pid (in a container NVML reports host pids); "
+    "see peak_nvml_device_bytes for the whole device"
+)
 
 
 def _status_kib(field: str) -> int | None:
@@ -38,6 +54,12 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def hwm_bytes() -> int:
+    """Resident high-water mark since the last reset (or process start)."""
+    kib = _status_kib("VmHWM")
+    return kib * 1024 if kib else rss_bytes()
+
+
 def reset_hwm() -> bool:
     """Reset VmHWM to the current RSS; False when the kernel refuses."""
     try:
@@ -47,41 +69,212 @@ def reset_hwm() -> bool:
         return False
 
 
-class PhaseResult(dict):
-    """Metric name -> bytes, plus ``method`` naming how they were measured."""
+def _malloc_trim() -> bool:
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return False
 
 
-@contextmanager
-def track_phase(device: str) -> Iterator[PhaseResult]:
-    """Measure the peak memory of the ``with`` body; fills the yielded dict on exit."""
-    result = PhaseResult()
-    if device == "cuda":
-        with _track_cuda(result):
-            yield result
-    else:
-        with _track_cpu(result):
-            yield result
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
 
 
-@contextmanager
-def _track_cpu(result: PhaseResult) -> Iterator[None]:
-    import gc
+def configure_allocator() -> str:
+    """Serve every allocation of 128 KiB or more with its own mapping (glibc ``mallopt``).
 
+    By default glibc raises that threshold each time a large block is freed (up to 32 MiB), so
+    activations freed in one step stay resident in the heap and the process peak mixes what a
+    phase needs with what the allocator kept. A fixed threshold returns large tensors to the
+    system when freed, so the resident peak follows live tensors. Called once at the start of
+    a cell process; the returned text goes on the memory rows' method.
+    """
+    try:
+        ok = ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        return "allocator defaults (not glibc)"
+    return f"glibc mmap threshold {MMAP_THRESHOLD // 1024} KiB" if ok else "allocator defaults"
+
+
+def release_freed_memory(device: str) -> None:
+    """Collect garbage and give freed allocator memory back to the system."""
     gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def make_resident(model: Any) -> None:
+    """Touch one element per page of every CPU tensor of the model.
+
+    Weights loaded from safetensors may be file-backed mappings that become resident only when
+    first read; untouched, the first forward would show the whole model as phase growth.
+    """
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type != "cpu" or tensor.numel() == 0:
+                continue
+            flat = tensor.detach()
+            if not flat.is_contiguous():
+                continue  # a view of another tensor: that one is touched
+            step = max(1, 4096 // flat.element_size())
+            flat.view(-1)[::step].sum()
+
+
+class Baseline:
+    """The process after loading: RSS (or CUDA allocated) and the model's live tensor bytes,
+    taken once freed memory has been handed back. Phases measure their peak above it."""
+
+    current: Baseline | None = None
+
+    def __init__(self, held: int, live: dict[str, int], how: str) -> None:
+        self.held, self.live, self.how = held, live, how
+
+
+def take_baseline(model: Any, device: str) -> Baseline:
+    """Record the post-load baseline that later phases of this process measure above."""
+    if device != "cuda":
+        make_resident(model)
+    release_freed_memory(device)
+    live = model_tensor_bytes(model)
+    if device == "cuda":
+        import torch
+
+        held, how = torch.cuda.memory_allocated(), "cuda-allocator-allocated"
+    else:
+        held, how = rss_bytes(), "cpu-rss after gc and malloc_trim"
+    Baseline.current = Baseline(held, live, how)
+    return Baseline.current
+
+
+def model_tensor_bytes(model: Any) -> dict[str, int]:
+    """Live bytes of the model's own tensors: weights, quant_state, adapters, buffers.
+
+    Counted from the stored tensors (each storage once, packed codes at their packed size), the
+    same inventory the footprint workload uses; LoRA tensors are ``adapters``.
+    """
+    from harness.workloads.footprint import inventory
+
+    out = {"weights": 0, "quant_state": 0, "adapters": 0, "buffers": 0}
+    for entry in inventory(model):
+        if "lora_" in entry.name:
+            out["adapters"] += entry.nbytes
+        elif entry.category in ("quant_state", "buffers"):
+            out[entry.category] += entry.nbytes
+        else:
+            out["weights"] += entry.nbytes
+    return out
+
+
+class PhaseResult(dict):
+    """Metric name -> bytes (None when missing); ``methods`` and ``errors`` per metric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.methods: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+
+    def put(self, name: str, value: float | None, method: str, error: str = "") -> None:
+        self[name] = value
+        self.methods[name] = method
+        if error:
+            self.errors[name] = error
+
+    @property
+    def method(self) -> str:
+        return self.methods.get("peak_bytes", "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"values": dict(self), "methods": self.methods, "errors": self.errors}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PhaseResult:
+        """Inverse of ``to_json``; a flat ``{name: bytes, "method": ...}`` (older cache
+        entries) gets that one method on every value."""
+        out = cls()
+        if "values" not in data:
+            data = {
+                "values": {k: v for k, v in data.items() if k != "method"},
+                "methods": dict.fromkeys(data, data.get("method", "")),
+            }
+        for name, value in data["values"].items():
+            out.put(
+                name, value, data["methods"].get(name, ""), data.get("errors", {}).get(name, "")
+            )
+        return out
+
+
+@contextmanager
+def track_phase(device: str, model: Any = None) -> Iterator[PhaseResult]:
+    """Measure the ``with`` body; fills the yielded dict on exit.
+
+    With ``model``, ``peak_bytes`` is its live tensors at the start plus the growth during the
+    body; without it (loading: there is no model yet) only the growth and absolute figures.
+    """
+    result = PhaseResult()
+    if model is not None and device != "cuda":
+        make_resident(model)
+    release_freed_memory(device)
+    live = model_tensor_bytes(model) if model is not None else None
+    tracker = _track_cuda if device == "cuda" else _track_cpu
+    with tracker(result, live, Baseline.current if model is not None else None):
+        yield result
+
+
+@contextmanager
+def _track_cpu(
+    result: PhaseResult, live: dict[str, int] | None, base: Baseline | None
+) -> Iterator[None]:
     was_reset = reset_hwm()
     start = rss_bytes()
     yield
-    peak = (_status_kib("VmHWM") or 0) * 1024 or rss_bytes()
-    result["method"] = "cpu-vmhwm" if was_reset else "cpu-vmhwm-since-start"
-    result["peak_rss_bytes"] = peak
-    result["peak_rss_delta_bytes"] = max(0, peak - start)
+    peak = hwm_bytes()
+    result.put(
+        "peak_rss_absolute_bytes",
+        peak,
+        "cpu-vmhwm, whole process: libraries and allocator slack included",
+    )
+    if not was_reset:  # the high-water mark is since process start: no phase figure
+        return
+    growth = max(0, peak - start)
+    result.put(
+        "peak_above_start_bytes", growth, "cpu-vmhwm-above-phase-start (freed memory trimmed)"
+    )
+    if live is None:
+        return
+    _put_live(result, live)
+    if base is None:
+        result.put(
+            "peak_bytes",
+            sum(live.values()) + growth,
+            "live-model-tensors+cpu-vmhwm-above-phase-start",
+        )
+        return
+    above = max(0, peak - base.held)
+    result.put("peak_above_baseline_bytes", above, "cpu-vmhwm-above-post-load-baseline")
+    result.put(
+        "peak_bytes",
+        sum(base.live.values()) + above,
+        "live-model-tensors-at-baseline+cpu-vmhwm-above-post-load-baseline",
+    )
+
+
+def _put_live(result: PhaseResult, live: dict[str, int]) -> None:
+    for name, value in live.items():
+        result.put(f"live_{name}_bytes", value, "live-tensors at phase start")
 
 
 @contextmanager
-def _track_cuda(result: PhaseResult) -> Iterator[None]:
+def _track_cuda(
+    result: PhaseResult, live: dict[str, int] | None, base: Baseline | None
+) -> Iterator[None]:
     import torch
 
-    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
     poller = NvmlPoller()
@@ -91,23 +284,57 @@ def _track_cuda(result: PhaseResult) -> Iterator[None]:
     finally:
         torch.cuda.synchronize()
         poller.stop()
-    result["method"] = "cuda-allocator"
-    result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
-    result["peak_allocated_delta_bytes"] = torch.cuda.max_memory_allocated() - start
-    if poller.peak is not None:
-        result["peak_nvml_process_bytes"] = poller.peak
+    peak = torch.cuda.max_memory_allocated()
+    result.put("peak_bytes", peak, "cuda-allocator-peak-allocated")
+    result.put(
+        "peak_reserved_bytes",
+        torch.cuda.max_memory_reserved(),
+        "cuda-allocator-peak-reserved (cached blocks included)",
+    )
+    result.put("peak_above_start_bytes", peak - start, "cuda-allocator-above-phase-start")
+    if base is not None:
+        result.put(
+            "peak_above_baseline_bytes", peak - base.held, "cuda-allocator-above-post-load-baseline"
+        )
+    if live is not None:
+        _put_live(result, live)
+    _put_nvml(result, poller)
+
+
+def _put_nvml(result: PhaseResult, poller: NvmlPoller) -> None:
+    if poller.unavailable:
+        result.put(
+            "peak_nvml_process_bytes", None, "nvml", f"NVML unavailable: {poller.unavailable}"
+        )
+        return
+    if poller.process_peak is None:
+        result.put("peak_nvml_process_bytes", None, "nvml-process", _NVML_NO_PID)
+    else:
+        result.put(
+            "peak_nvml_process_bytes",
+            poller.process_peak,
+            "nvml-process (driver view: CUDA context and cached blocks included)",
+        )
+    if poller.device_peak is not None:
+        result.put(
+            "peak_nvml_device_bytes",
+            poller.device_peak,
+            "nvml-device-used (every process on the GPU)",
+        )
 
 
 class NvmlPoller:
-    """Polls NVML for this process's GPU memory every 50 ms on a daemon thread.
+    """Polls NVML every 50 ms on a daemon thread: this process's GPU memory and the device's.
 
-    The sleep keeps it off the CPU the workload needs; it records nothing when NVML is absent.
+    The sleep keeps it off the CPU the workload needs. ``process_peak`` stays None when NVML
+    never lists this pid (containers), so a missing value is never mistaken for 0 bytes.
     """
 
     def __init__(self, interval_s: float = 0.05):
         self.interval_s = interval_s
-        self.peak: int | None = None
+        self.process_peak: int | None = None
+        self.device_peak: int | None = None
+        self.unavailable = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handle: Any = None
@@ -122,22 +349,32 @@ class NvmlPoller:
             pynvml.nvmlInit()
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
             self._pid = os.getpid()
-        except Exception:  # no NVML: the allocator numbers still stand
+        except Exception as exc:  # no NVML: the allocator numbers still stand
+            self.unavailable = f"{type(exc).__name__}: {exc}"[:160]
             return
+        self._poll()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def _loop(self) -> None:
+    def _poll(self) -> None:
         import pynvml
 
-        while not self._stop.is_set():
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        self.observe(procs, pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def observe(self, procs: list[Any], device_used: int) -> None:
+        """Fold one NVML reading in (separate from the thread so tests can drive it)."""
+        mine = [p.usedGpuMemory or 0 for p in procs if p.pid == self._pid]
+        if mine:
+            self.process_peak = max(self.process_peak or 0, sum(mine))
+        self.device_peak = max(self.device_peak or 0, int(device_used))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
             try:
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-                used = sum(p.usedGpuMemory or 0 for p in procs if p.pid == self._pid)
-                self.peak = max(self.peak or 0, used)
+                self._poll()
             except Exception:
                 return
-            self._stop.wait(self.interval_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,11 +382,43 @@ class NvmlPoller:
             self._thread.join(timeout=1)
 
 
-def phase_rows(phase: str, result: PhaseResult) -> list[dict[str, Any]]:
-    """Tidy rows for one phase's memory numbers."""
-    method = result.get("method", "")
+def baseline_rows(model: Any, device: str) -> list[dict[str, Any]]:
+    """Take the post-load baseline and report it: the model's live tensors, and the rest of
+    the process (imported libraries, allocator slack) named as such."""
+    base = take_baseline(model, device)
+    live = sum(base.live.values())
     return [
-        {"metric": f"{phase}_{name}", "value": float(value), "unit": "bytes", "method": method}
-        for name, value in result.items()
-        if name != "method"
+        {
+            "metric": "baseline_process_bytes",
+            "value": float(base.held),
+            "unit": "bytes",
+            "method": base.how,
+        },
+        {
+            "metric": "baseline_model_tensor_bytes",
+            "value": float(live),
+            "unit": "bytes",
+            "method": "live-tensors",
+        },
+        {
+            "metric": "baseline_not_model_bytes",
+            "value": float(max(0, base.held - live)),
+            "unit": "bytes",
+            "method": f"{base.how} minus live model tensors (libraries, slack)",
+        },
     ]
+
+
+def phase_rows(phase: str, result: PhaseResult | dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows for one phase's memory numbers (a missing value is a skipped row with why)."""
+    if not isinstance(result, PhaseResult):
+        result = PhaseResult.from_json(result)
+    rows = []
+    for name, value in result.items():
+        row = {"metric": f"{phase}_{name}", "unit": "bytes", "method": result.methods.get(name, "")}
+        if value is None:
+            row.update(value=None, status="skipped", error=result.errors.get(name, "not measured"))
+        else:
+            row["value"] = float(value)
+        rows.append(row)
+    return rows

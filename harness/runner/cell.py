@@ -16,7 +16,7 @@ from typing import Any
 from harness.config import Cell
 from harness.errors import SkipCell
 from harness.measure.env import collect as collect_env
-from harness.measure.memory import phase_rows, track_phase
+from harness.measure.memory import baseline_rows, configure_allocator, phase_rows, track_phase
 from harness.results import make_record
 
 
@@ -54,6 +54,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from harness.schemes import get_handler
     from harness.workloads import get_runner
 
+    allocator = configure_allocator()  # before anything large is allocated
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     env = collect_env(cell.device)
@@ -81,6 +82,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         return record("oom" if _is_oom(exc) else "error", [], error=_describe(exc))
     rows = [
         {"workload": "load", "metric": "load_time_s", "value": load_s, "unit": "s"},
+        {
+            "workload": "load",
+            "metric": "allocator_mmap_threshold_bytes",
+            "unit": "bytes",
+            "value": None if "threshold" not in allocator else 128.0 * 1024,
+            "method": allocator,
+        },
         *({"workload": "load", **r} for r in phase_rows("load", load_mem)),
         *({"workload": "load", **r} for r in loaded.rows),
     ]
@@ -91,6 +99,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     except Exception as exc:
         rows.append(_failure_row("adapter", exc))
         return record(_cell_status(rows), rows, storage=loaded.storage)
+    rows.extend({"workload": "load", **r} for r in baseline_rows(loaded.model, cell.device))
     for name in cell.workloads.enabled():
         settings = getattr(cell.workloads, name)
         try:

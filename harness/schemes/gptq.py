@@ -126,7 +126,7 @@ class QuantizedScheme(SchemeHandler):
                 build = {"quant_time_s": time.perf_counter() - start}
             # first calibration batch, output of each quantized block vs. the float block
             build["block_rel_output_error"] = getattr(self, "block_errors", [])
-            build["memory"] = dict(mem)
+            build["memory"] = mem.to_json()
             meta = {"family": self.family, "model": source.spec, "options": options}
             qc.store_entry(key, quantized, {**meta, "build": build})
         rows = self.rows(quantized, opts, build, cache_hit=hit is not None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.measure import training_memory as tm
-from harness.measure.memory import _status_kib, phase_rows, rss_bytes, track_phase
+from harness.measure.memory import phase_rows, track_phase
 from harness.measure.timing import summary_rows
 
 PAGED = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}
@@ -62,7 +62,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)
-    peak: dict[str, Any] = field(default_factory=dict)
+    peak: Any = None
 
 
 def _sync(device: str) -> None:
@@ -72,29 +72,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _static_bytes(device: str) -> int:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.memory_allocated()
-    return rss_bytes()
-
-
-def _peak_since_phase_start(device: str) -> int:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated()
-    return (_status_kib("VmHWM") or 0) * 1024 or rss_bytes()
-
-
 def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -> TrainResult:
     """``settings.steps`` optimizer steps; ``batch(k)`` is the k-th micro-batch of token ids.
 
     Step 0 is also the measured step: saved tensors of its first micro-batch, gradient bytes
-    after its backward, optimizer state after its update, and the process peak of its
-    forward/backward above the memory held before it (peaks are reset at the start of the
-    training phase, so step 0's peak is the phase's peak so far).
+    after its backward, optimizer state after its update. The phase peak (the model's live
+    tensors plus the process growth above the phase start) covers every step.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -105,11 +88,10 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
     meter = tm.SavedTensorMeter(model)
     model.train()
     out = TrainResult()
-    with track_phase(device) as peak:
+    with track_phase(device, model) as peak:
         for step in range(settings.steps):
             _sync(device)
             t0 = time.perf_counter()
-            static = _static_bytes(device) if step == 0 else 0
             loss_sum = 0.0
             for micro in range(settings.grad_accum):
                 ids = batch(step * settings.grad_accum + micro)
@@ -123,11 +105,8 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
                 loss_sum += float(loss.detach())
             if step == 0:
                 _sync(device)
-                grads = tm.gradient_bytes(params)
-                held = _peak_since_phase_start(device) - static
-                out.memory["mem.gradients"] = grads
-                out.memory["mem.activations.saved"] = meter.bytes
-                out.memory["mem.activations.process"] = max(0, held - grads)
+                out.memory["mem.gradients"] = tm.gradient_bytes(params)
+                out.memory["mem.activations"] = meter.bytes
             optimizer.step()
             if step == 0:
                 out.memory["mem.optimizer_state"] = tm.optimizer_state_bytes(optimizer)
@@ -135,7 +114,7 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
             _sync(device)
             out.step_s.append(time.perf_counter() - t0)
             out.losses.append(loss_sum / settings.grad_accum)
-    out.peak = dict(peak)
+    out.peak = peak
     model.eval()
     return out
 
@@ -149,13 +128,18 @@ def parameter_rows(model: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
     total = sum(e.params for e in entries)
     n_trained = sum(p.numel() for p in {tm.storage_key(p): p for p in trained}.values())
     trained_bytes = tm.tensor_bytes(trained)
-    frozen = sum(e.nbytes for e in entries) - trained_bytes
+    state = sum(e.nbytes for e in entries if e.category == "quant_state")
+    frozen = sum(e.nbytes for e in entries) - trained_bytes - state
     rows = [
         {"metric": "trainable_params", "value": float(n_trained), "unit": "params"},
         {"metric": "total_params", "value": float(total), "unit": "params"},
         {"metric": "trainable_fraction", "value": n_trained / total, "unit": "fraction"},
     ]
-    return rows, {"mem.frozen_weights": frozen, "mem.adapter_params": trained_bytes}
+    return rows, {
+        "mem.frozen_weights": frozen,
+        "mem.quant_state": state,
+        "mem.adapter_params": trained_bytes,
+    }
 
 
 def corpus_batches(tokenizer: Any, settings: Any, device: Any) -> Callable[[int], Any]:
@@ -199,10 +183,14 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         f"optimizer={settings.optimizer};grad_ckpt={settings.gradient_checkpointing};"
         f"corpus={info.name}:{info.split}@{info.sha256[:12]}"
     )
-    process = result.peak.get("method", "")
     mem = {**static, **result.memory}
-    peak = float(result.peak.get("peak_allocated_bytes", result.peak.get("peak_rss_bytes", 0)))
-    parts = ("mem.frozen_weights", "mem.adapter_params", "mem.gradients", "mem.optimizer_state")
+    parts = (
+        "mem.frozen_weights",
+        "mem.quant_state",
+        "mem.adapter_params",
+        "mem.gradients",
+        "mem.optimizer_state",
+    )
     rows = [
         *summary_rows("train_tokens_per_s", [tokens / s for s in timed], "tokens/s"),
         {"metric": "loss_start", "value": result.losses[0], "unit": "nats/token"},
@@ -214,23 +202,16 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         ),
         {
             "metric": "mem.activations",
-            "value": float(mem["mem.activations.saved"]),
+            "value": float(mem["mem.activations"]),
             "unit": "bytes",
             "method": "saved-tensors",
-        },
-        {
-            "metric": "mem.activations",
-            "value": float(mem["mem.activations.process"]),
-            "unit": "bytes",
-            "method": f"{process}-minus-static-and-gradients",
         },
         {
             "metric": "mem.accounted",
             "unit": "bytes",
             "method": "live-tensors+saved-tensors",
-            "value": float(sum(mem[m] for m in parts) + mem["mem.activations.saved"]),
+            "value": float(sum(mem[m] for m in (*parts, "mem.activations"))),
         },
-        {"metric": "train_peak_bytes", "unit": "bytes", "method": process, "value": peak},
         *phase_rows("train", result.peak),
     ]
     if settings.save_adapter and kind == "lora":
