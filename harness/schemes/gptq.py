@@ -23,5 +23,10 @@ class GPTQScheme(_CalibratedScheme):
             opts.block_size, opts.sym,
         )  # fmt: skip
 
+    def rtn_fallback(self, weight: Any, opts: Any) -> Any:
+        from harness.quant import rtn_quantize
+
+        return rtn_quantize(weight, opts.bits, opts.group_size, opts.sym)
+
     def formula_bits(self, opts: Any, rows: int, cols: int, outlier_fraction: float) -> float:
         return RTNScheme.formula_bits(self, opts, rows, cols, outlier_fraction)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.schemes.gptq_options import RTNOptions
-from harness.schemes.weight_only import QuantizedScheme, _linears
+from harness.schemes.weight_only import QuantizedScheme
 
 
 class RTNScheme(QuantizedScheme):
@@ -15,14 +15,12 @@ class RTNScheme(QuantizedScheme):
     family = "rtn"
 
     def quantize(self, model: Any, layers: Any, tokenizer: Any, opts: Any, device: str) -> dict:
-        from harness.quant import replace_linears, rtn_quantize
+        from harness.quant import quantize_uncalibrated, rtn_quantize
 
-        quantized = {
-            name: rtn_quantize(lin.weight, opts.bits, opts.group_size, opts.sym)
-            for name, lin in _linears(layers).items()
-        }
-        replace_linears(layers, quantized)
-        return quantized
+        def rtn(_name: str, linear: Any) -> Any:
+            return rtn_quantize(linear.weight, opts.bits, opts.group_size, opts.sym)
+
+        return quantize_uncalibrated(layers, rtn)
 
     def formula_bits(self, opts: Any, rows: int, cols: int, outlier_fraction: float) -> float:
         # codes + a float16 scale and a ``bits``-wide zero point per group

@@ -23,6 +23,12 @@ class SpQRScheme(_CalibratedScheme):
             opts.block_size, opts.simplified_outliers,
         )  # fmt: skip
 
+    def rtn_fallback(self, weight: Any, opts: Any) -> Any:
+        from harness.quant import rtn_quantize
+
+        # groups of beta1 input columns, as SpQR's first-level statistics
+        return rtn_quantize(weight, opts.bits, opts.beta1)
+
     def formula_bits(self, opts: Any, rows: int, cols: int, outlier_fraction: float) -> float:
         from harness.quant import formula_bits_spqr
 

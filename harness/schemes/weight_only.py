@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from harness.errors import SkipCell
 from harness.schemes.base import LoadedModel, SchemeHandler
 from harness.schemes.gptq_options import CalibrationOptions
 
@@ -38,7 +39,18 @@ def decoder_layers(model: Any) -> Any:
                 break
         if obj is not None:
             return obj
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    raise SkipCell(
+        f"cannot find the decoder layers of {type(model).__name__} (looked for model.layers, "
+        "transformer.h, gpt_neox.layers, model.decoder.layers): nothing to quantize"
+    )
+
+
+def quantizable_count(layers: Any) -> int:
+    """Linear-like layers plus 3-D expert weights inside ``layers`` (what the schemes pack)."""
+    from harness.quant import is_linear_like
+    from harness.quant.experts import expert_parameters
+
+    return sum(1 for m in layers.modules() if is_linear_like(m) or expert_parameters(m))
 
 
 def calibration_batches(tokenizer: Any, opts: CalibrationOptions, device: str) -> list[Any]:
@@ -108,6 +120,11 @@ class QuantizedScheme(SchemeHandler):
         model = source.load_model(dtype=torch.float32, device=device).eval()
         tokenizer = source.tokenizer()
         layers = decoder_layers(model)
+        if not quantizable_count(layers):
+            raise SkipCell(
+                f"{self.family} found nothing to quantize in {type(model).__name__}: its decoder "
+                "layers hold no nn.Linear, Conv1D or 3-D expert weights"
+            )
         options = opts.model_dump(mode="json")
         key = qc.cache_key(source, self.family, options, device)
         hit = qc.load_entry(key, device)
@@ -122,6 +139,7 @@ class QuantizedScheme(SchemeHandler):
                 build = {"quant_time_s": time.perf_counter() - start}
             # first calibration batch, output of each quantized block vs. the float block
             build["block_rel_output_error"] = getattr(self, "block_errors", [])
+            build["expert_rtn_fallbacks"] = getattr(self, "expert_fallbacks", 0)
             build["memory"] = dict(mem)
             meta = {"family": self.family, "model": source.spec, "options": options}
             qc.store_entry(key, quantized, {**meta, "build": build})
@@ -139,7 +157,9 @@ class QuantizedScheme(SchemeHandler):
         from harness.measure.memory import phase_rows
 
         how = "measured when the cache entry was built" if cache_hit else "measured"
-        params = outliers = stored = 0
+        from harness.quant.experts import split_key
+
+        params = outliers = stored = expert_params = 0
         formula = 0.0
         by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for name, qw in quantized.items():
@@ -148,7 +168,10 @@ class QuantizedScheme(SchemeHandler):
             outliers += qw.num_outliers
             stored += sum(qw.stored_bytes().values())
             formula += n * self.formula_bits(opts, *qw.shape, qw.outlier_fraction)
-            kind = by_type[name.rsplit(".", 1)[-1]]
+            parts = split_key(name)
+            if parts is not None:
+                expert_params += n
+            kind = by_type[f"experts.{parts[1]}" if parts else name.rsplit(".", 1)[-1]]
             kind[0] += qw.num_outliers
             kind[1] += n
         mem_rows = phase_rows("quant", build["memory"])
@@ -163,6 +186,8 @@ class QuantizedScheme(SchemeHandler):
             {"metric": "bits_per_param_measured", "value": 8 * stored / params, "unit": "bits",
              "method": "stored bytes of the quantized layers (codes, stats, outliers, perm)"},
         ]  # fmt: skip
+        if expert_params:
+            out += _expert_rows(quantized, expert_params, build)
         if outliers:
             out += [
                 {"metric": f"outlier_fraction.layer.{k}", "value": o / n, "unit": "fraction"}
@@ -171,24 +196,40 @@ class QuantizedScheme(SchemeHandler):
         return out
 
 
-def _linears(layers: Any) -> dict[str, Any]:
-    from torch import nn
+def _expert_rows(quantized: dict, expert_params: int, build: dict) -> list[dict]:
+    """How much of the quantized weight sits in experts, and how many experts got too few
+    routed calibration tokens and were rounded to nearest instead."""
+    from harness.quant.experts import split_key
 
-    return {n: m for n, m in layers.named_modules() if isinstance(m, nn.Linear)}
+    count = len({(k[0], k[2]) for k in map(split_key, quantized) if k is not None})
+    fallbacks = build.get("expert_rtn_fallbacks", 0)
+    return [
+        {"metric": "quantized_expert_params", "value": float(expert_params), "unit": "count",
+         "method": "3-D expert weights packed per expert"},
+        {"metric": "quantized_experts", "value": float(count), "unit": "count"},
+        {"metric": "expert_rtn_fallbacks", "value": float(fallbacks), "unit": "count",
+         "method": "expert matrices quantized by RTN: too few routed calibration tokens"},
+    ]  # fmt: skip
 
 
 class _CalibratedScheme(QuantizedScheme):
     def __init__(self, entry: Any) -> None:
         super().__init__(entry)
         self.block_errors: list[float] = []
+        self.expert_fallbacks = 0
 
     def solve(self, weight: Any, hessian: Any, opts: Any) -> Any:
+        raise NotImplementedError
+
+    def rtn_fallback(self, weight: Any, opts: Any) -> Any:
+        """Round-to-nearest on this family's grid, for experts without calibration tokens."""
         raise NotImplementedError
 
     def quantize(self, model: Any, layers: Any, tokenizer: Any, opts: Any, device: str) -> dict:
         from harness.quant import capture_layer_inputs, quantize_decoder_layers
 
         self.block_errors = []
+        self.expert_fallbacks = 0
         batches = calibration_batches(tokenizer, opts, device)
         inputs = capture_layer_inputs(
             lambda ids: model(input_ids=ids, use_cache=False), layers[0], batches
@@ -199,7 +240,12 @@ class _CalibratedScheme(QuantizedScheme):
             with solver_threads(linear.weight):
                 return self.solve(linear.weight, hessian, opts)
 
+        def fallback(_name: str, linear: Any) -> Any:
+            return self.rtn_fallback(linear.weight, opts)
+
         def progress(event: dict) -> None:
+            if event["kind"] == "expert_fallback":
+                self.expert_fallbacks += 1
             if event["kind"] == "block":
                 self.block_errors.append(event["relative_output_error"])
                 log.info(
@@ -208,7 +254,10 @@ class _CalibratedScheme(QuantizedScheme):
                     event["relative_output_error"],
                 )  # fmt: skip
 
-        return quantize_decoder_layers(layers, inputs, solve, progress)
+        return quantize_decoder_layers(
+            layers, inputs, solve, progress, fallback_fn=fallback,
+            min_expert_tokens=opts.expert_min_tokens,
+        )  # fmt: skip
 
 
 def _kernel_row(device: str) -> dict:
