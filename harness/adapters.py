@@ -1,11 +1,12 @@
 """The adapter axis: attach LoRA (any rank) or unfreeze everything (``full``) after loading.
 
-LoRA goes through peft for ``nn.Linear`` and bitsandbytes layers. bitsandbytes models first go
-through peft's ``prepare_model_for_kbit_training``; whether that upcast unquantized parameters
-to fp32 (and how many bytes it added) is recorded, because the upcast is a common reason a
-QLoRA run holds more memory than the 4-bit weights suggest. The harness's own ``QuantLinear``
-holds buffers only, which peft cannot wrap, so :class:`LoraQuantLinear` wraps it here with the
-same maths (``base(x) + (alpha / r) * B A dropout(x)``, B zero at the start, A and B in fp32).
+LoRA goes through peft for ``nn.Linear``, GPT-2's ``Conv1D`` and bitsandbytes layers.
+bitsandbytes models first go through peft's ``prepare_model_for_kbit_training``; whether that
+upcast unquantized parameters to fp32 (and how many bytes it added) is recorded, because the
+upcast is a common reason a QLoRA run holds more memory than the 4-bit weights suggest. The
+harness's own ``QuantLinear`` holds buffers only, which peft cannot wrap, so
+:class:`LoraQuantLinear` wraps it here with the same maths
+(``base(x) + (alpha / r) * B A dropout(x)``, B zero at the start, A and B in fp32).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from harness.config import parse_adapter
-from harness.errors import SkipCell
+from harness.errors import HarnessError, SkipCell
 
 ADAPTER_PREFIX = "lora_"
 """Trainable adapter parameters carry this in their names (peft's convention, kept here)."""
@@ -52,6 +53,13 @@ def _quant_linear_type() -> type | None:
     return QuantLinear
 
 
+def _linear_like_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import Conv1D
+
+    quant = _quant_linear_type()
+    return (nn.Linear, Conv1D) + ((quant,) if quant else ())
+
+
 def is_kbit(model: Any) -> bool:
     """True when bitsandbytes stores some of the model's linear layers."""
     try:
@@ -65,11 +73,13 @@ def is_kbit(model: Any) -> bool:
 def target_names(model: Any, targets: str | list[str]) -> list[str]:
     """Full names of the modules LoRA wraps.
 
-    ``all-linear`` is QLoRA's choice: every linear layer (dense, bitsandbytes or QuantLinear)
-    except the output head. A list matches module names by their last components.
+    ``all-linear`` means what peft means by it: every linear-like layer (``nn.Linear``,
+    GPT-2's ``Conv1D``, bitsandbytes layers, and the harness's QuantLinear standing in for
+    either) except the output head. 3-D mixture-of-experts weights are not layers and are not
+    targeted (peft does not target them either). A list matches module names by their last
+    components.
     """
-    quant = _quant_linear_type()
-    kinds = (nn.Linear,) + ((quant,) if quant else ())
+    kinds = _linear_like_types()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = []
     for name, module in model.named_modules():
@@ -128,7 +138,11 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
         p.requires_grad_(False)
     names = target_names(model, options["target_modules"])
     if not names:
-        raise ValueError(f"no linear module matches target_modules={options['target_modules']}")
+        found = sorted({n.rsplit(".", 1)[-1] for n in target_names(model, "all-linear")})
+        raise HarnessError(
+            f"no linear-like module matches target_modules={options['target_modules']}; "
+            f"this model's linear layers: {', '.join(found) or 'none'} (or use all-linear)"
+        )
     quant = _quant_linear_type()
     own = [n for n in names if quant is not None and isinstance(model.get_submodule(n), quant)]
     for name in own:

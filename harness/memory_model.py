@@ -86,9 +86,13 @@ def load_config(spec: str) -> Any:
 
 
 def model_shape(config: Any) -> Shape:
-    """Build the model on the meta device (no memory) and classify its parameters."""
+    """Build the model on the meta device (no memory) and classify its parameters.
+
+    Linear-like layers (``nn.Linear`` and GPT-2's ``Conv1D``, whose weight is ``in x out``)
+    are the quantizable linears. 3-D mixture-of-experts weights are counted as dense
+    ``expert_weights``: what bitsandbytes and dense precisions store.
+    """
     import torch
-    from torch import nn
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -102,8 +106,9 @@ def model_shape(config: Any) -> Shape:
             if id(param) in seen:
                 continue  # tied weights are stored once
             seen.add(id(param))
-            if isinstance(module, nn.Linear) and module is not lm_head and pname == "weight":
-                linears.append((mod_name, module.out_features, module.in_features))
+            out_in = _linear_out_in(module, pname)
+            if out_in is not None and module is not lm_head:
+                linears.append((mod_name, *out_in))
                 continue
             cat = _category(module, pname, lm_head)
             dense[cat] = dense.get(cat, 0) + param.numel()
@@ -116,9 +121,26 @@ def model_shape(config: Any) -> Shape:
                  text.vocab_size)
 
 
+def _linear_out_in(module: Any, pname: str) -> tuple[int, int] | None:
+    """(out, in) of a linear-like layer's weight, else None."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    if pname != "weight":
+        return None
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, Conv1D):
+        return module.nf, module.nx
+    return None
+
+
 def _category(module: Any, pname: str, lm_head: Any) -> str:
     from torch import nn
 
+    param = getattr(module, pname)
+    if param.dim() == 3 and param.shape[0] == getattr(module, "num_experts", None):
+        return "expert_weights"
     if module is lm_head:
         return "lm_head" if pname == "weight" else "biases"
     if isinstance(module, nn.Embedding):

@@ -24,6 +24,7 @@ BUILTIN = {
     ),
 }
 
+_TINY = dict(max_position_embeddings=2048, tie_word_embeddings=False)
 SYNTHETIC = {
     "tiny-llama": (
         "random 2-layer Llama, hidden 64, byte-level vocabulary: for tests",
@@ -33,8 +34,7 @@ SYNTHETIC = {
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=2048,
-            tie_word_embeddings=False,
+            **_TINY,
         ),
     ),
     "small-llama": (
@@ -48,6 +48,40 @@ SYNTHETIC = {
             num_key_value_heads=4,
             max_position_embeddings=4096,
             tie_word_embeddings=False,
+        ),
+    ),
+    # Layouts other than Llama's, for the architecture tests (see README "Supported layouts").
+    "tiny-gpt2": (
+        "random 2-layer GPT-2, hidden 64: Conv1D projections (weights stored in x out), biases, "
+        "fused c_attn, tied embeddings",
+        dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=2048),
+    ),
+    "tiny-mixtral": (
+        "random 2-layer Mixtral, hidden 64, 4 experts (top-2) stored as 3-D gate_up_proj / "
+        "down_proj parameters",
+        dict(
+            model_type="mixtral",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            **_TINY,
+        ),
+    ),
+    "tiny-phi3": (
+        "random 2-layer Phi-3, hidden 64: fused qkv_proj and gate_up_proj linears",
+        dict(
+            model_type="phi3",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=None,
+            **_TINY,
         ),
     ),
 }
@@ -197,16 +231,20 @@ def byte_tokenizer() -> Any:
 
 
 def _build_synthetic(name: str, seed: int, out: Path) -> None:
+    """Random weights from a stock transformers config (Llama unless the preset names a
+    ``model_type``), saved with the offline byte tokenizer."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = byte_tokenizer()
-    config = LlamaConfig(
+    params = dict(SYNTHETIC[name][1])
+    config = AutoConfig.for_model(
+        params.pop("model_type", "llama"),
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **SYNTHETIC[name][1],
+        **params,
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
     tokenizer.save_pretrained(out)

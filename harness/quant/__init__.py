@@ -1,11 +1,16 @@
 """Weight-only post-training quantization: RTN, GPTQ and SpQR in pure torch."""
 
 from harness.quant.calibrate import (
+    LinearView,
+    as_linear,
     capture_layer_inputs,
+    is_linear_like,
     layer_stats,
     quantize_decoder_layers,
+    quantize_uncalibrated,
     replace_linears,
 )
+from harness.quant.experts import PackedExperts
 from harness.quant.gptq import Hessian, gptq_quantize
 from harness.quant.grid import dequantize, fit_minmax, quantize, rtn_quantize
 from harness.quant.linear import QuantizedWeight, QuantLinear, formula_bits_spqr, measured_bits
@@ -15,20 +20,25 @@ from harness.quant.storage import load_quantized, save_quantized
 
 __all__ = [
     "Hessian",
+    "LinearView",
     "PackedCodes",
+    "PackedExperts",
     "QuantLinear",
     "QuantizedWeight",
+    "as_linear",
     "capture_layer_inputs",
     "dequantize",
     "fit_minmax",
     "formula_bits_spqr",
     "gptq_quantize",
+    "is_linear_like",
     "layer_stats",
     "load_quantized",
     "measured_bits",
     "pack",
     "quantize",
     "quantize_decoder_layers",
+    "quantize_uncalibrated",
     "replace_linears",
     "rtn_quantize",
     "save_quantized",

@@ -10,16 +10,26 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from harness.quant import experts as moe
 from harness.quant.gptq import Hessian
 from harness.quant.linear import QuantizedWeight, QuantLinear, measured_bits
 
+
+class LinearView(NamedTuple):
+    """A linear-like layer seen as ``y = x W^T + b`` with ``weight`` of shape ``out x in``."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+
 LayerInputs = tuple[tuple[Any, ...], dict[str, Any]]
-QuantizeFn = Callable[[str, nn.Linear, Hessian], QuantizedWeight]
+QuantizeFn = Callable[[str, LinearView, Hessian], QuantizedWeight]
+FallbackFn = Callable[[str, LinearView], QuantizedWeight]
 Progress = Callable[[dict[str, Any]], None]
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past", "cache")
 
@@ -107,8 +117,34 @@ def _move(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
-def _linears(block: nn.Module) -> dict[str, nn.Linear]:
-    return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+def _conv1d_type() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return None
+    return Conv1D
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """``nn.Linear`` or GPT-2's ``Conv1D`` (the same map with its weight stored ``in x out``)."""
+    conv1d = _conv1d_type()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def as_linear(module: nn.Module) -> LinearView:
+    """The one place a Conv1D's ``in x out`` weight is turned into ``out x in``."""
+    if isinstance(module, nn.Linear):
+        return LinearView(module.weight, module.bias)
+    return LinearView(module.weight.t(), module.bias)
+
+
+def _linears(block: nn.Module) -> dict[str, nn.Module]:
+    """Linear-like modules of ``block`` by name (nn.Linear and Conv1D)."""
+    return {n: m for n, m in block.named_modules() if is_linear_like(m)}
+
+
+def _in_features(module: nn.Module) -> int:
+    return as_linear(module).weight.shape[1]
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -117,12 +153,18 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _collect_hessians(block: nn.Module, inputs: list[LayerInputs]) -> tuple[dict, Tensor]:
-    """Run the float block with hooks; returns Hessians and the first batch's output."""
-    hessians = {n: Hessian(m.in_features, m.weight.device) for n, m in _linears(block).items()}
+def _collect_hessians(block: nn.Module, inputs: list[LayerInputs]) -> tuple[dict, dict, Tensor]:
+    """Run the float block with hooks; returns the Hessians of its linear-like layers, the
+    per-expert recorders of its experts modules, and the first batch's output."""
+    hessians = {n: Hessian(_in_features(m), m.weight.device) for n, m in _linears(block).items()}
     handles = [
         m.register_forward_hook(lambda _m, inp, _out, h=hessians[n]: h.add_batch(inp[0]))
         for n, m in _linears(block).items()
+    ]
+    recorders = {n: moe.ExpertRecorder(m) for n, m in _expert_modules(block).items()}
+    handles += [
+        block.get_submodule(n).register_forward_pre_hook(r, with_kwargs=True)
+        for n, r in recorders.items()
     ]
     try:
         reference = None
@@ -133,7 +175,11 @@ def _collect_hessians(block: nn.Module, inputs: list[LayerInputs]) -> tuple[dict
     finally:
         for h in handles:
             h.remove()
-    return hessians, reference
+    return hessians, recorders, reference
+
+
+def _expert_modules(block: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in block.named_modules() if moe.expert_parameters(m)}
 
 
 def _quantize_block(
@@ -146,12 +192,33 @@ def _quantize_block(
     result = {}
     for name, linear in _linears(block).items():
         start = time.perf_counter()
-        qw = quantize_fn(f"{prefix}{name}", linear, hessians.pop(name))
+        qw = quantize_fn(f"{prefix}{name}", as_linear(linear), hessians.pop(name))
         seconds = time.perf_counter() - start
         _set_module(block, name, QuantLinear(qw, linear.bias))
         result[f"{prefix}{name}"] = qw
         if progress is not None:
             progress({"kind": "linear", "name": f"{prefix}{name}", **layer_stats(qw, seconds)})
+    return result
+
+
+def _quantize_experts(
+    block: nn.Module,
+    prefix: str,
+    recorders: dict[str, moe.ExpertRecorder],
+    solve: Callable[[str, LinearView, Hessian | None], QuantizedWeight],
+) -> dict[str, QuantizedWeight]:
+    """Each expert matrix with the Hessian of the tokens routed to it (``None``: too few)."""
+    result = {}
+    for mod_name, recorder in recorders.items():
+        module = block.get_submodule(mod_name)
+        for pname in moe.expert_parameters(module):
+            weights = []
+            for e in range(module.num_experts):
+                key = moe.expert_key(f"{prefix}{mod_name}", pname, e)
+                view = LinearView(moe.expert_matrix(module, pname, e), None)
+                weights.append(solve(key, view, recorder.hessian(pname, e)))
+                result[key] = weights[-1]
+            moe.install(block, mod_name, pname, weights)
     return result
 
 
@@ -162,8 +229,16 @@ def quantize_decoder_layers(
     quantize_fn: QuantizeFn,
     progress: Progress | None = None,
     device: torch.device | str | None = None,
+    fallback_fn: FallbackFn | None = None,
+    min_expert_tokens: int = 1,
 ) -> dict[str, QuantizedWeight]:
-    """Quantize every ``nn.Linear`` of every block, in order, replacing it by ``QuantLinear``.
+    """Quantize every linear-like layer (``nn.Linear``, ``Conv1D``) of every block, in order,
+    replacing it by ``QuantLinear``, and every 3-D expert weight, per expert, into
+    ``PackedExperts`` (``experts.py``).
+
+    An expert is calibrated on the tokens the router sent to it; one that received fewer than
+    ``min_expert_tokens`` is quantized by ``fallback_fn`` instead (no Hessian) and reported as a
+    ``kind="expert_fallback"`` progress event.
 
     Keys of the result are relative to ``layers`` (``"3.mlp.down_proj"``), so
     :func:`replace_linears` can rebuild the modules from it. With ``device`` set, each block
@@ -180,8 +255,10 @@ def quantize_decoder_layers(
         if device is not None:
             block.to(device)
         start = time.perf_counter()
-        hessians, reference = _collect_hessians(block, inputs)
+        hessians, recorders, reference = _collect_hessians(block, inputs)
         result.update(_quantize_block(block, f"{idx}.", hessians, quantize_fn, progress))
+        solve = _expert_solver(quantize_fn, fallback_fn, min_expert_tokens, progress)
+        result.update(_quantize_experts(block, f"{idx}.", recorders, solve))
         first = None
         for k, inp in enumerate(inputs):  # overwrite in place: one set of hidden states alive
             out = _run(block, inp)
@@ -197,20 +274,58 @@ def quantize_decoder_layers(
                     "seconds": time.perf_counter() - start,
                 }
             )
-        del hessians, reference, first
+        del hessians, recorders, reference, first
         if device is not None:
             block.to(home)
     return result
 
 
+def _expert_solver(
+    quantize_fn: QuantizeFn,
+    fallback_fn: FallbackFn | None,
+    min_tokens: int,
+    progress: Progress | None,
+) -> Callable[[str, LinearView, Any], QuantizedWeight]:
+    def solve(key: str, view: LinearView, recorded: tuple[Hessian, int] | None) -> QuantizedWeight:
+        hessian, tokens = recorded if recorded is not None else (None, 0)
+        if hessian is not None and tokens >= max(min_tokens, 1):
+            return quantize_fn(key, view, hessian)
+        if fallback_fn is None:
+            raise ValueError(f"expert {key} received {tokens} calibration tokens and no fallback")
+        if progress is not None:
+            progress({"kind": "expert_fallback", "name": key, "tokens": tokens})
+        return fallback_fn(key, view)
+
+    return solve
+
+
+def quantize_uncalibrated(layers: nn.Module, fn: FallbackFn) -> dict[str, QuantizedWeight]:
+    """Quantize every linear-like layer and expert matrix of ``layers`` without calibration
+    data (round-to-nearest), installing the packed modules; keys as in
+    :func:`quantize_decoder_layers`."""
+    result = {name: fn(name, as_linear(m)) for name, m in _linears(layers).items()}
+    for mod_name, module in _expert_modules(layers).items():
+        for pname in moe.expert_parameters(module):
+            for e in range(module.num_experts):
+                view = LinearView(moe.expert_matrix(module, pname, e), None)
+                key = moe.expert_key(mod_name, pname, e)
+                result[key] = fn(key, view)
+    replace_linears(layers, result)
+    return result
+
+
 def replace_linears(module: nn.Module, quantized: dict[str, QuantizedWeight]) -> nn.Module:
-    """Swap the named ``nn.Linear`` submodules for ``QuantLinear`` (e.g. when loading a cache).
+    """Swap the named linear-like submodules for ``QuantLinear`` and the named 3-D expert
+    parameters for ``PackedExperts`` (e.g. when loading a cache).
 
     Biases are taken from the existing modules; the device follows the existing module.
     """
     for name, qw in quantized.items():
+        if moe.split_key(name) is not None:
+            continue
         old = module.get_submodule(name)
         bias = getattr(old, "bias", None)
         new = QuantLinear(qw.to(_module_device(old)), bias)
         _set_module(module, name, new)
+    moe.install_all(module, quantized)
     return module

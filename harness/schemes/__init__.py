@@ -80,9 +80,9 @@ _ENTRIES += [
 ]
 
 # Weight-only PTQ built by the harness (harness.quant): RTN, GPTQ, SpQR. Decoder linears only.
-_RTN = "harness.schemes.gptq:RTNScheme"
+_RTN = "harness.schemes.rtn:RTNScheme"
 _GPTQ = "harness.schemes.gptq:GPTQScheme"
-_SPQR = "harness.schemes.gptq:SpQRScheme"
+_SPQR = "harness.schemes.spqr:SpQRScheme"
 _SPQR_REF = {
     "beta1": 16,
     "beta2": 16,

@@ -40,6 +40,9 @@ class CalibrationOptions(SchemeOptions):
     """Corpus whose ``train`` split feeds calibration."""
     calib_batch_size: int = Field(8, ge=1)
     """Sequences per forward pass while calibrating (memory vs. speed only)."""
+    expert_min_tokens: int = Field(16, ge=1)
+    """Mixture-of-experts models: an expert the router sent fewer calibration tokens than
+    this is quantized by round-to-nearest instead (the cell reports how many were)."""
 
 
 class GPTQOptions(CalibrationOptions):

@@ -4,6 +4,11 @@ Counts what the model really holds: each tensor once (tied embeddings share stor
 quantized codes at their packed size, quantization state (scales, absmax, code tables,
 outliers) as its own category. "Parameters" means logical weights: a 4-bit layer of
 out x in weights counts out x in parameters even though it stores out x in / 2 bytes.
+
+Coverage rows say how much of the model a scheme actually quantized: quantized parameters
+over all parameters, and over the linear-like weights (``nn.Linear``, GPT-2's ``Conv1D``,
+bitsandbytes layers and 3-D mixture-of-experts weights), by kind. A "4-bit" cell whose
+experts stayed fp32 shows it here, next to its bits per parameter.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ CATEGORIES = [
     "quantized_weights",
     "quant_state",
     "linear_weights",
+    "expert_weights",
     "lm_head",
     "embeddings",
     "norms",
@@ -34,12 +40,24 @@ class Entry:
     dtype: str
     nbytes: int
     params: int
+    kind: str = ""
+    """``linear`` (linear-like layer weight), ``experts`` (3-D expert weight) or empty."""
 
 
-def _tensor_entry(name: str, tensor: Any, category: str, params: int | None = None) -> Entry:
+def _tensor_entry(
+    name: str, tensor: Any, category: str, params: int | None = None, kind: str = ""
+) -> Entry:
     nbytes = tensor.numel() * tensor.element_size()
     dtype = str(tensor.dtype).removeprefix("torch.")
-    return Entry(name, category, dtype, nbytes, tensor.numel() if params is None else params)
+    logical = tensor.numel() if params is None else params
+    return Entry(name, category, dtype, nbytes, logical, kind)
+
+
+def _kind(module: Any, category: str) -> str:
+    """What a weight is, whatever its storage: a linear-like layer's or an expert's."""
+    if category == "expert_weights" or getattr(module, "holds_experts", False):
+        return "experts" if category in ("expert_weights", "quantized_weights") else ""
+    return "linear" if category in ("linear_weights", "quantized_weights") else ""
 
 
 def _plain_category(module: Any, pname: str, full_name: str, lm_head: Any) -> str:
@@ -54,9 +72,23 @@ def _plain_category(module: Any, pname: str, full_name: str, lm_head: Any) -> st
         return "norms"
     if pname == "bias":
         return "biases"
-    if isinstance(module, nn.Linear):
+    if pname == "weight" and _is_linear_like(module):
         return "linear_weights"
+    param = getattr(module, pname, None)
+    n = getattr(module, "num_experts", None)
+    if param is not None and param.dim() == 3 and param.shape[0] == n:
+        return "expert_weights"
     return "other"
+
+
+def _is_linear_like(module: Any) -> bool:
+    import torch.nn as nn
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return isinstance(module, nn.Linear)
+    return isinstance(module, (nn.Linear, Conv1D))
 
 
 def inventory(model: Any) -> list[Entry]:
@@ -89,7 +121,8 @@ def inventory(model: Any) -> list[Entry]:
             if key in seen:
                 continue
             seen.add(key)
-            entries.append(_tensor_entry(name, tensor, category, params))
+            kind = _kind(module, category)
+            entries.append(_tensor_entry(name, tensor, category, params, kind))
     return entries
 
 
@@ -130,7 +163,23 @@ def summarize(entries: list[Entry]) -> dict[str, float]:
     return out
 
 
+def coverage(entries: list[Entry]) -> dict[str, float]:
+    """Fraction of parameters stored quantized: overall, over linear-like weights (linear
+    layers and experts, the output head excluded), and per kind present in the model."""
+    total: dict[str, int] = defaultdict(int)
+    quantized: dict[str, int] = defaultdict(int)
+    for e in entries:
+        for key in ("params", *((e.kind, "linear_like") if e.kind else ())):
+            total[key] += e.params
+            quantized[key] += e.params if e.category == "quantized_weights" else 0
+    out = {f"coverage.{k}": quantized[k] / total[k] for k in sorted(total) if total[k]}
+    out["params.unquantized"] = total["params"] - quantized["params"]
+    return out
+
+
 def _unit(metric: str) -> str:
+    if metric.startswith("coverage"):
+        return "fraction"
     if metric.startswith("saving_vs"):
         return "x"
     if metric.startswith(("bits", "dq_saving_bits")):
@@ -162,7 +211,16 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     summary = summarize(entries)
     summary.update(savings(summary))
     summary.update(double_quant_rows(entries))
+    summary.update(coverage(entries))
     return [
-        {"metric": m, "value": float(v), "unit": _unit(m), "method": "stored-tensors"}
+        {"metric": m, "value": float(v), "unit": _unit(m), "method": _method(m)}
         for m, v in summary.items()
     ]
+
+
+def _method(metric: str) -> str:
+    if metric == "coverage.linear_like":
+        return "stored-tensors; quantized share of linear, Conv1D and expert weights (no head)"
+    if metric.startswith("coverage."):
+        return "stored-tensors; quantized share of logical parameters"
+    return "stored-tensors"

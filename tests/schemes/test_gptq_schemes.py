@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from harness.quant import QuantLinear
-from harness.schemes import get_handler
-from harness.schemes import gptq as gptq_scheme
+from harness.schemes import get_handler, weight_only
 from harness.schemes import quantized_cache as qc
 
 PRESETS = ["rtn-w4g128", "rtn-w3g128", "gptq-w4g128", "gptq-w3g128", "spqr-w4", "spqr-w3"]
@@ -97,7 +96,7 @@ def test_cache_hit_is_bitwise_identical_and_skips_calibration(source, monkeypatc
     def no_calibration(*_args, **_kwargs):
         raise AssertionError("calibration ran on a cache hit")
 
-    monkeypatch.setattr(gptq_scheme, "calibration_batches", no_calibration)
+    monkeypatch.setattr(weight_only, "calibration_batches", no_calibration)
     second = _load(source, "spqr-w3")
     assert _metrics(second)["cache_hit"] == 1
     assert _metrics(second)["quant_time_s"] == _metrics(first)["quant_time_s"]

@@ -52,3 +52,20 @@ def test_tied_weights_are_counted_once() -> None:
     assert "bytes.lm_head" not in s
     assert s["params.total"] == sum(p.numel() for p in model.parameters())
     assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
+def test_coverage_counts_quantized_share_by_kind():
+    from harness.workloads.footprint import Entry, coverage
+
+    entries = [
+        Entry("a.codes", "quantized_weights", "uint8", 50, 100, "linear"),
+        Entry("a.scale", "quant_state", "float16", 8, 0, ""),
+        Entry("x.gate_up_proj", "expert_weights", "float32", 1200, 300, "experts"),
+        Entry("embed", "embeddings", "float32", 400, 100, ""),
+    ]
+    cov = coverage(entries)
+    assert cov["coverage.linear"] == 1.0
+    assert cov["coverage.experts"] == 0.0
+    assert cov["coverage.linear_like"] == pytest.approx(100 / 400)
+    assert cov["coverage.params"] == pytest.approx(100 / 500)
+    assert cov["params.unquantized"] == 400
