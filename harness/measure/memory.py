@@ -75,6 +75,7 @@ def _track_cpu(result: PhaseResult) -> Iterator[None]:
     result["method"] = "cpu-vmhwm" if was_reset else "cpu-vmhwm-since-start"
     result["peak_rss_bytes"] = peak
     result["peak_rss_delta_bytes"] = max(0, peak - start)
+    result["peak_above_start_bytes"] = max(0, peak - start)
 
 
 @contextmanager
@@ -95,6 +96,7 @@ def _track_cuda(result: PhaseResult) -> Iterator[None]:
     result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
     result["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
     result["peak_allocated_delta_bytes"] = torch.cuda.max_memory_allocated() - start
+    result["peak_above_start_bytes"] = torch.cuda.max_memory_allocated() - start
     if poller.peak is not None:
         result["peak_nvml_process_bytes"] = poller.peak
 
