@@ -1,7 +1,8 @@
 """Capacity: the largest batch (and sequence length) that fits a memory budget.
 
-Each try runs one step at one size (``inference``: a prefill pass keeping its KV cache;
-``training``: forward, backward and an optimizer step at learning rate 0) and measures its peak.
+Each try runs one step at one size and measures its peak. ``inference``: a prefill pass as
+``generate`` runs it (KV cache kept, logits of the last position only); ``training``: forward,
+backward and an optimizer step at learning rate 0, so the model is left as it was.
 Sizes double until a try does not fit, then bisect between the last fit and the first failure.
 Every try is a row, so an out-of-memory try is a data point, not a failure of the cell. Next to
 the measured capacity stands the analytic memory model's, for the same budget and bounds.
@@ -21,6 +22,7 @@ How the budget is held, named on every measured row:
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -131,6 +133,12 @@ class Stepper:
         self.vocab = self.model.get_input_embeddings().num_embeddings
         self.training = cell.workloads.training
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # a serving prefill (generate) keeps only the last position's logits
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.prefill_kw: dict[str, Any] = {"use_cache": True}
+        if keep:
+            self.prefill_kw["logits_to_keep"] = 1
 
     def ids(self, batch: int, seq: int) -> Any:
         """Token values do not change memory; fixed random ids need no corpus of any size."""
@@ -145,7 +153,7 @@ class Stepper:
         ids = self.ids(batch, seq)
         if self.mode == "inference":
             with torch.inference_mode():
-                out = self.model(input_ids=ids, use_cache=True)
+                out = self.model(input_ids=ids, **self.prefill_kw)
             del out
             return
         from harness.workloads.training import make_optimizer
@@ -348,7 +356,14 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     measurable = cell.device == "cuda" or reset_hwm()
     meter = Meter(loaded, cell.device, budget) if measurable else None
     predict_at = _predictor(loaded, cell, settings.mode)
-    rows = [{"metric": "budget_bytes", "value": float(budget), "unit": "bytes"}]
+    rows = [
+        {
+            "metric": "budget_bytes",
+            "value": float(budget),
+            "unit": "bytes",
+            "method": "setting: budget_gb x 1e9",
+        }
+    ]
     axes = _axes(settings, loaded.model.config)
     step(*axes[0].dims(axes[0].start))  # first use allocates once (autograd, kernels): not a try
     with _frozen_gc(), _budget_limit(cell.device if meter else "cpu", budget):

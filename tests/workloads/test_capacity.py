@@ -55,8 +55,11 @@ def _tries(rows) -> dict[int, dict[str, float]]:
 
 
 def _one(rows, metric: str, method_prefix: str) -> float:
-    found = [r["value"] for r in rows if r["metric"] == metric
-             and r.get("method", "").startswith(method_prefix)]
+    found = [
+        r["value"]
+        for r in rows
+        if r["metric"] == metric and r.get("method", "").startswith(method_prefix)
+    ]
     assert len(found) == 1, (metric, method_prefix, found)
     return found[0]
 
@@ -120,9 +123,21 @@ def test_measured_capacity_grows_with_the_budget_and_sits_at_the_boundary(
     assert caps == sorted(caps) and caps[-1] >= 2 * caps[0] > 0
 
 
-def test_training_search_leaves_the_model_unchanged(tiny_source, tmp_path: Path) -> None:
-    cell = _cell(tmp_path, "lora-r4", budget_gb=6 * MB, mode="training", seq_len=32,
-                 max_batch=64, max_tries=4, axes="[batch, seq]", batch_size=1, max_seq=256)
+def test_training_search_leaves_the_model_unchanged(
+    tiny_source, tmp_path: Path, single_thread
+) -> None:
+    cell = _cell(
+        tmp_path,
+        "lora-r4",
+        budget_gb=6 * MB,
+        mode="training",
+        seq_len=32,
+        max_batch=64,
+        max_tries=4,
+        axes="[batch, seq]",
+        batch_size=1,
+        max_seq=256,
+    )
     handler = get_handler(cell.precision)
     loaded = handler.load(tiny_source, handler.options(), "cpu")
     attach(loaded, cell)
@@ -162,9 +177,7 @@ def test_an_out_of_memory_try_is_a_data_point(tiny_source, tmp_path: Path) -> No
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")
 
     with capacity._frozen_gc():
-        tries, fit, fail = capacity.search(
-            lambda n: meter.attempt(step, n, n, 4), 1, 64, 12, True
-        )
+        tries, fit, fail = capacity.search(lambda n: meter.attempt(step, n, n, 4), 1, 64, 12, True)
     assert (fit, fail) == (8, 9)
     assert [t.size for t in tries if t.oom] == [16, 12, 10, 9]
     assert [t.size for t in tries if t.fits] == [1, 2, 4, 8]
