@@ -12,10 +12,11 @@ How the budget is held, named on every measured row:
 * CUDA: the allocator is capped at the budget (``set_per_process_memory_fraction``), so a try
   that needs more raises out-of-memory; its peak is the allocator's maximum, weights included.
   The CUDA context itself is outside the allocator and outside the budget.
-* CPU: no limit is enforced (an address-space limit counts virtual memory, which thread arenas
-  inflate, and a forked child of a threaded torch process can deadlock). A try's peak is the
-  model's stored bytes plus the resident high-water mark above the RSS at the try's start
-  (freed heap returned to the system first), and it fits when that is within the budget.
+* CPU: no limit is enforced. An address-space limit (RLIMIT_AS) set at a try's start did not
+  stop a tiny model's try that needed ten times the budget here: freed heap stays mapped and is
+  reused without counting; and a forked child of a threaded torch process can deadlock. A try's
+  peak is the model's stored bytes plus the resident high-water mark above the RSS at the try's
+  start (freed heap returned to the system first); it fits when that is within the budget.
 * Where the high-water mark cannot be reset, tries cannot be told apart: prediction only.
 """
 
