@@ -146,6 +146,8 @@ def test_training_search_leaves_the_model_unchanged(
     for name, param in loaded.model.named_parameters():
         assert torch.equal(param, before[name]), name
         assert param.grad is None, name
+    for t in _tries(rows).values():
+        assert t["try_fits"] == float(t["try_peak_bytes"] <= 6e6)
     assert _one(rows, "capacity_batch", "cpu:") >= 1
     assert _one(rows, "capacity_seq", "cpu:") >= 16
     assert _one(rows, "capacity_seq", "prediction: memory_model.training_peak") >= 1
