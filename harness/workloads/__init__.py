@@ -35,6 +35,10 @@ WORKLOADS: dict[str, tuple[str, str]] = {
         "harness.workloads.agreement:run",
         "next-token KL divergence and top-1 agreement with the baseline precision",
     ),
+    "capacity": (
+        "harness.workloads.capacity:run",
+        "largest batch / sequence length within a memory budget, measured and predicted",
+    ),
 }
 
 

@@ -116,6 +116,46 @@ class AgreementSettings(_Settings):
     """Baseline log-probabilities kept per position (plus the tail mass)."""
 
 
+class CapacitySettings(_Settings):
+    """Largest batch (and sequence length) that fits a memory budget, measured and predicted.
+
+    Sizes double from the start until a try does not fit (or a bound is reached), then bisect
+    between the last fit and the first failure. Off by default; runs after the other workloads.
+    """
+
+    enabled: bool = False
+    budget_gb: float = Field(0.5, gt=0)
+    """Memory the cell may use, its weights included, in GB (1e9 bytes)."""
+    mode: Literal["inference", "training"] = "inference"
+    """``inference``: one prefill pass of batch x seq keeping its KV cache. ``training``: one
+    forward, backward and optimizer step with the cell's adapter and the training workload's
+    optimizer and checkpointing (learning rate 0, so the model is left unchanged)."""
+    axes: tuple[Literal["batch", "seq"], ...] = ("batch",)
+    """What to search: ``batch`` at ``seq_len`` tokens, ``seq`` at ``batch_size`` sequences."""
+    seq_len: int = Field(128, ge=2)
+    """Tokens per sequence while the batch is searched."""
+    batch_size: int = Field(1, ge=1)
+    """Sequences while the sequence length is searched."""
+    start_seq: int = Field(16, ge=2)
+    """First sequence length tried."""
+    max_batch: int = Field(1024, ge=1)
+    """Largest batch tried."""
+    max_seq: int = Field(4096, ge=2)
+    """Longest sequence tried (also bounded by the model's position embeddings)."""
+    max_tries: int = Field(16, ge=1)
+    """Tries per axis, doubling and bisection together."""
+    bisect: bool = True
+    """Bisect between the last size that fit and the first that did not."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CapacitySettings:
+        if not self.axes or len(set(self.axes)) != len(self.axes):
+            raise ValueError(f"axes must name batch and/or seq once each; got {list(self.axes)}")
+        if self.start_seq > self.max_seq:
+            raise ValueError(f"start_seq ({self.start_seq}) exceeds max_seq ({self.max_seq})")
+        return self
+
+
 class Workloads(BaseModel):
     """All workloads of an experiment; each can be switched off with ``enabled: false``."""
 
@@ -126,6 +166,7 @@ class Workloads(BaseModel):
     perplexity: PerplexitySettings = PerplexitySettings()
     accuracy: AccuracySettings = AccuracySettings()
     agreement: AgreementSettings = AgreementSettings()
+    capacity: CapacitySettings = CapacitySettings()
 
     def enabled(self) -> list[str]:
         return [name for name in type(self).model_fields if getattr(self, name).enabled]
