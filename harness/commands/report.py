@@ -30,11 +30,13 @@ def make_report(
         out = Path("reports") / slug
     if out.exists() and not out.is_dir():
         raise HarnessError(f"report output {out} exists and is not a directory")
+    from harness.report.claim_interval import load_samples
     from harness.report.paired import paired_table
 
     paired = paired_table(list(dirs), list(names))
     paths = write_report(
-        frame, out, title=f"Benchmark report: {', '.join(names)}", claims_path=claims, paired=paired
+        frame, out, title=f"Benchmark report: {', '.join(names)}", claims_path=claims,
+        paired=paired, samples=load_samples(list(dirs), list(names)),
     )
     figures = sorted(p.name for p in out.glob("*.png"))
     console.print(f"report: {paths['markdown']} and {paths['html']} ({len(figures)} figures)")

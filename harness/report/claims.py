@@ -7,10 +7,17 @@ may list alternatives, the first one measured is used), and a reducer over one o
 * ``value``: operand ``a``;  ``ratio``: a / b;  ``difference``: a - b;
 * ``relative_change``: (a - b) / b (e.g. perplexity degradation against a baseline).
 
-The measured value is compared with ``target`` (default: ``published``) by ``comparison``
-(``>=``, ``<=``, ``>``, ``<`` or ``~``); ``tolerance`` is absolute unless ``tolerance_kind:
-relative``. Verdicts are computed per results directory (``run``) and model, so a CPU and a GPU
-run are judged separately. A claim that cannot be computed is "not measured" with what is missing.
+Cells are chosen as the claim speaks of them: a claim that names no adapter is about the base
+model and uses ``adapter: none`` cells only; a ``memory`` claim refuses cells whose storage is
+``simulated``. The measured value is compared with ``target`` (default: ``published``) by
+``comparison`` (``>=``, ``<=``, ``>``, ``<`` or ``~``); ``tolerance`` is absolute unless
+``tolerance_kind: relative``. Counts (``memory``, ``parameters``) are exact; a noisy quantity
+(``quality``, ``speed``) is judged on its interval (``claim_interval``): "reproduced" only when
+the whole interval clears the threshold, "within noise" when it straddles it, "no interval" when
+there is none. A claim whose metric is the published formula's own arithmetic is "holds by
+construction", never counted as a reproduction. Verdicts are computed per results directory
+(``run``) and model and list the cell ids they used. A claim that cannot be computed is "not
+measured" with what is missing. Predictions at the published scale are in ``claims_scale``.
 """
 
 from __future__ import annotations
@@ -23,8 +30,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import HarnessError
+from harness.report import claim_cells
+from harness.report.claim_interval import Samples, interval_side, measured_interval
+from harness.report.claims_scale import AtScale
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
+WITHIN_NOISE, NO_INTERVAL = "within noise (undecided)", "no interval (undecided)"
+BY_CONSTRUCTION = "holds by construction"
+EXACT_KINDS = ("memory", "parameters")  # counted, not sampled: the value has no noise
 _SELECT_KEYS = ("precision", "adapter", "stat", "workload")
 
 
@@ -52,7 +65,8 @@ class Claim(BaseModel):
     id: str
     source: str
     statement: str
-    measure: Measure
+    kind: Literal["memory", "parameters", "quality", "speed"]
+    measure: Measure | None = None  # None: nothing at this machine's scale measures it
     published: float
     published_note: str = ""
     target: float | None = None
@@ -62,6 +76,8 @@ class Claim(BaseModel):
     unit: str = ""
     scope: str = ""
     likely_reason: str = ""
+    by_construction: str = ""  # why the metric satisfies the claim whatever the model
+    at_scale: AtScale | None = None
 
     @property
     def threshold(self) -> float:
@@ -70,7 +86,7 @@ class Claim(BaseModel):
 
 @dataclass
 class Verdict:
-    """The outcome of one claim for one run and model."""
+    """The outcome of one claim for one run and model; ``cells`` are the cell ids used."""
 
     claim: Claim
     run: str
@@ -79,6 +95,8 @@ class Verdict:
     measured: float | None = None
     detail: str = ""
     cells: list[str] = field(default_factory=list)
+    interval: tuple[float, float] | None = None
+    method: str = ""
 
 
 def default_registry() -> Path:
@@ -113,64 +131,6 @@ def _merged(measure: Measure, side: Operand) -> dict[str, Any]:
     return spec
 
 
-def _as_list(value: Any) -> list[str] | None:
-    return None if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def _operand(frame: Any, spec: dict[str, Any]) -> tuple[float | None, str, str]:
-    """(value, cell description, why missing) for one operand within one run and model."""
-    metric = spec["metric"]
-    rows = frame[frame["metric"] == metric]
-    if spec.get("workload"):
-        rows = rows[rows["workload"] == spec["workload"]]
-    stat = spec.get("stat")
-    if stat:
-        rows = rows[rows["stat"] == stat]
-    else:
-        rows = rows[rows["stat"].isna() | rows["stat"].isin(["", "median"])]
-    if spec.get("adapter"):
-        rows = rows[rows["adapter"].isin(_as_list(spec["adapter"]))]
-    wanted = _as_list(spec.get("precision")) or list(dict.fromkeys(rows["precision"]))
-    adapters = _as_list(spec.get("adapter")) or [None]
-    for precision in wanted:
-        for adapter in adapters:  # the first listed alternative that was measured
-            sel = rows[(rows["precision"] == precision) & (rows["status"] == "ok")]
-            if adapter is not None:
-                sel = sel[sel["adapter"] == adapter]
-            values = sel["value"].dropna()
-            if len(values):  # several seeds: their mean
-                label = f"{precision}/{adapter}" if adapter else precision
-                return float(values.mean()), label, ""
-    return None, "", _missing(frame, metric, wanted, spec)
-
-
-def _precisions(frame: Any, spec: dict[str, Any]) -> set[str]:
-    rows = frame[(frame["metric"] == spec["metric"]) & (frame["status"] == "ok")]
-    if spec.get("adapter"):
-        rows = rows[rows["adapter"].isin(_as_list(spec["adapter"]))]
-    return set(rows["precision"])
-
-
-def _missing(frame: Any, metric: str, precisions: list[str], spec: dict[str, Any]) -> str:
-    """Why an operand has no value: the cell is absent, failed, or lacks the metric."""
-    where = " or ".join(precisions) or "any precision"
-    if spec.get("adapter"):
-        where += f" with adapter {' or '.join(_as_list(spec['adapter']) or [])}"
-    cells = frame[frame["precision"].isin(precisions)] if precisions else frame.iloc[0:0]
-    if spec.get("adapter"):
-        cells = cells[cells["adapter"].isin(_as_list(spec["adapter"]))]
-    bad = cells[cells["cell_status"] != "ok"].drop_duplicates("cell_id")
-    if len(bad):
-        first = bad.iloc[0]
-        error = first.get("error")
-        reason = f": {str(error)[:120]}" if isinstance(error, str) and error else ""
-        return f"{metric} for {where}: cell {first['cell_status']}{reason}"
-    failed = cells[(cells["metric"] == metric) & (cells["status"] != "ok")]
-    if len(failed):
-        return f"{metric} for {where}: workload {failed.iloc[0]['status']}"
-    return f"{metric} for {where}: not in the results"
-
-
 def _reduce(reducer: str, a: float, b: float | None) -> float:
     if reducer == "value" or b is None:
         return a
@@ -183,49 +143,83 @@ def _reduce(reducer: str, a: float, b: float | None) -> float:
 
 def compare(claim: Claim, measured: float) -> bool:
     """True when the measured value satisfies the claim's comparison and tolerance."""
-    target = claim.threshold
-    tol = claim.tolerance * (abs(target) if claim.tolerance_kind == "relative" else 1.0)
-    return {
-        ">=": measured >= target - tol,
-        "<=": measured <= target + tol,
-        ">": measured > target - tol,
-        "<": measured < target + tol,
-        "~": abs(measured - target) <= tol,
-    }[claim.comparison]
+    return bool(_side(claim, measured, measured))
 
 
-def evaluate_one(claim: Claim, frame: Any, run: str = "", model: str = "") -> Verdict:
-    """Verdict of one claim on the rows of one run and model."""
+def _side(claim: Claim, low: float, high: float) -> bool | None:
+    return interval_side(claim.comparison, claim.threshold, claim.tolerance,
+                         claim.tolerance_kind, low, high)
+
+
+def _operands(claim: Claim, frame: Any, samples: Samples, run: str
+              ) -> tuple[claim_cells.Operand, claim_cells.Operand | None]:
     m = claim.measure
+    assert m is not None
+    memory = claim.kind == "memory"
     spec_a, spec_b = _merged(m, m.a), _merged(m, m.b or Operand())
     if m.reducer != "value" and spec_a["precision"] is None and spec_b["precision"] is None:
         # compare like with like: a precision both operands measured (e.g. full vs LoRA in bf16)
-        common = _precisions(frame, spec_a) & _precisions(frame, spec_b)
+        common = (claim_cells.precisions(frame, spec_a, memory)
+                  & claim_cells.precisions(frame, spec_b, memory))
         ordered = [p for p in dict.fromkeys(frame["precision"]) if p in common]
         spec_a["precision"] = spec_b["precision"] = ordered or None
-    a, a_cell, a_why = _operand(frame, spec_a)
-    b, b_cell, b_why = (None, "", "")
-    if m.reducer != "value":
-        b, b_cell, b_why = _operand(frame, spec_b)
-    missing = [w for w in (a_why, b_why) if w]
-    if a is None or (m.reducer != "value" and b is None):
+    a = claim_cells.select(frame, spec_a, samples, run, memory)
+    if m.reducer == "value":
+        return a, None
+    return a, claim_cells.select(frame, spec_b, samples, run, memory)
+
+
+def _judged(claim: Claim, measured: float, a: Any, b: Any) -> tuple[str, Any, str, str]:
+    """(verdict, interval, method, detail) of a measured value."""
+    if claim.kind in EXACT_KINDS:
+        ok = compare(claim, measured)
+        if ok and claim.by_construction:
+            return BY_CONSTRUCTION, None, "exact count", claim.by_construction
+        return (REPRODUCED if ok else NOT_REPRODUCED), None, "exact count", (
+            "" if ok else claim.likely_reason)
+    m = claim.measure
+    assert m is not None
+    metric_b = _merged(m, m.b or Operand())["metric"] if b is not None else None
+    interval, method = measured_interval(
+        m.reducer, _merged(m, m.a)["metric"], metric_b, a, b)
+    if interval is None:
+        side = "meets" if compare(claim, measured) else "misses"
+        return NO_INTERVAL, None, "", f"point estimate {side} the threshold; no interval"
+    side = _side(claim, *interval)
+    if side is None:
+        return WITHIN_NOISE, interval, method, "the interval straddles the threshold"
+    return (REPRODUCED if side else NOT_REPRODUCED), interval, method, (
+        "" if side else claim.likely_reason)
+
+
+def evaluate_one(claim: Claim, frame: Any, run: str = "", model: str = "",
+                 samples: Samples | None = None) -> Verdict:
+    """Verdict of one claim on the rows of one run and model."""
+    if claim.measure is None:
+        return Verdict(claim, run, model, NOT_MEASURED,
+                       detail="no measured counterpart: see the prediction at scale")
+    a, b = _operands(claim, frame, samples or {}, run)
+    if a.value is None or (b is not None and b.value is None):
+        missing = [o.why for o in (a, b) if o is not None and o.why]
         return Verdict(claim, run, model, NOT_MEASURED, detail="missing " + "; ".join(missing))
-    measured = _reduce(m.reducer, a, b)
-    ok = compare(claim, measured)
-    cells = [c for c in (a_cell, b_cell) if c]
-    detail = "" if ok else claim.likely_reason
-    return Verdict(claim, run, model, REPRODUCED if ok else NOT_REPRODUCED, measured, detail, cells)
+    measured = _reduce(claim.measure.reducer, a.value, None if b is None else b.value)
+    verdict, interval, method, detail = _judged(claim, measured, a, b)
+    cells = a.cells + ([] if b is None else b.cells)
+    return Verdict(claim, run, model, verdict, measured, detail, cells, interval, method)
 
 
-def evaluate(claims: list[Claim], frame: Any) -> list[Verdict]:
-    """Every claim for every (run, model) in ``frame`` (``run`` column optional)."""
+def evaluate(claims: list[Claim], frame: Any, samples: Samples | None = None) -> list[Verdict]:
+    """Every claim for every (run, model) in ``frame`` (``run`` column optional).
+
+    ``samples`` (``claim_interval.load_samples``) holds the per-window values of the cells, for
+    paired intervals; without them noisy claims fall back to the cells' own intervals."""
     if frame.empty:
         return [Verdict(c, "", "", NOT_MEASURED, detail="empty results") for c in claims]
     if "run" not in frame:
         frame = frame.assign(run="")
     groups = frame.groupby(["run", "model"], sort=False)
     return [
-        evaluate_one(claim, group, run, model)
+        evaluate_one(claim, group, run, model, samples)
         for (run, model), group in groups
         for claim in claims
     ]
@@ -252,6 +246,8 @@ def verdict_table(verdicts: list[Verdict]) -> Any:
             "model": v.model,
             "verdict": v.verdict,
             "measured": None if v.measured is None else round(v.measured, 4),
+            "interval": "" if v.interval is None
+            else f"[{v.interval[0]:.4g}, {v.interval[1]:.4g}] ({v.method})",
             "expected": f"{c.comparison} {c.threshold:g}"
             + _tolerance_text(c),
             "published": f"{c.published:g} {c.unit}".strip()

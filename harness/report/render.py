@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.report import environment_table, metric_values, problems_table
 from harness.report.claims import evaluate, load_claims, verdict_table
+from harness.report.claims_scale import at_scale_table, measured_error_band
 from harness.report.plots import FIGURES
 from harness.report.style import apply_theme
 
@@ -121,7 +122,8 @@ def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
 
 
 def build_sections(
-    frame: Any, out_dir: Path, claims_path: Path | None = None, paired: Any = None
+    frame: Any, out_dir: Path, claims_path: Path | None = None, paired: Any = None,
+    samples: Any = None,
 ) -> list[Section]:
     runs = ", ".join(dict.fromkeys(frame["run"]))
     intro = Section("Overview").text(
@@ -132,12 +134,7 @@ def build_sections(
     problems = problems_table(frame)
     failed = Section("Cells not ok")
     failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
-    verdicts = verdict_table(evaluate(load_claims(claims_path), frame))
-    claims = Section("Published claims").table(
-        verdicts[["claim", "run", "verdict", "measured", "expected", "published", "scope", "note"]]
-        if len(verdicts)
-        else verdicts
-    )
+    claims, at_scale = claims_sections(frame, claims_path, samples)
     predicted, notes = predicted_vs_measured(frame)
     model = Section("Analytic memory model against measurement")
     model.table(predicted) if len(predicted) else model.text("No footprint rows to compare.")
@@ -154,7 +151,25 @@ def build_sections(
         significance.table(paired)
     else:
         significance.text("No fp32 cell with per-item samples to compare against.")
-    return sections + [failed, significance, claims, model, env]
+    return sections + [failed, significance, claims, at_scale, model, env]
+
+
+def claims_sections(frame: Any, claims_path: Path | None, samples: Any) -> list[Section]:
+    """Measured verdicts (with intervals and cell ids), and apart from them the predictions."""
+    registry = load_claims(claims_path)
+    verdicts = verdict_table(evaluate(registry, frame, samples))
+    columns = ["claim", "run", "verdict", "measured", "interval", "expected", "published",
+               "cells", "scope", "note"]
+    measured = Section("Published claims: measured").table(
+        verdicts[columns] if len(verdicts) else verdicts)
+    predicted = at_scale_table(registry, measured_error_band(frame))
+    at_scale = Section("Published claims: predicted at scale (memory model, not measured)")
+    at_scale.text(
+        "The analytic memory model on the published architecture and setting; each prediction "
+        "may be off by the model's largest relative error over the validated cells of these "
+        "runs, and a verdict is undecided when that band straddles the threshold.")
+    at_scale.table(predicted) if len(predicted) else at_scale.text("No claim has a setting.")
+    return [measured, at_scale]
 
 
 def _md_table(frame: Any) -> str:
@@ -216,10 +231,13 @@ def write_report(
     title: str = "Benchmark report",
     claims_path: Path | None = None,
     paired: Any = None,
+    samples: Any = None,
 ) -> dict[str, Path]:
-    """Write report.md, report.html and the figures to ``out_dir``; returns their paths."""
+    """Write report.md, report.html and the figures to ``out_dir``; returns their paths.
+
+    ``samples`` (``claim_interval.load_samples``) gives the claims paired intervals."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = build_sections(frame, out_dir, claims_path, paired)
+    sections = build_sections(frame, out_dir, claims_path, paired, samples)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(to_markdown(sections, title))
     page.write_text(to_html(sections, title, out_dir))

@@ -1,0 +1,96 @@
+"""Which cells feed one operand of a claim, and why an operand has none.
+
+An operand names a metric and filters (precision alternatives, adapter, stat, workload). When it
+names no adapter it means the base model: only ``adapter: none`` cells count, so fine-tuned
+perplexities or LoRA weights never leak into a claim about the model itself. A memory claim
+never uses a cell whose storage is ``simulated`` (its bytes are not what the scheme would store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+BASE_ADAPTER = "none"
+
+
+@dataclass
+class Operand:
+    """The selected value of one operand: the mean over seeds, with the cells it came from."""
+
+    value: float | None = None
+    label: str = ""
+    cells: list[str] = field(default_factory=list)
+    samples: list[float] | None = None  # per-item samples, when exactly one cell was used
+    ci: tuple[float, float] | None = None  # the cell's own interval, when exactly one
+    why: str = ""
+
+
+def as_list(value: Any) -> list[str] | None:
+    return None if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def adapters_of(spec: dict[str, Any]) -> list[str]:
+    return as_list(spec.get("adapter")) or [BASE_ADAPTER]
+
+
+def _rows(frame: Any, spec: dict[str, Any], memory: bool) -> Any:
+    rows = frame[(frame["metric"] == spec["metric"]) & (frame["status"] == "ok")]
+    if spec.get("workload"):
+        rows = rows[rows["workload"] == spec["workload"]]
+    stat = spec.get("stat")
+    if stat:
+        rows = rows[rows["stat"] == stat]
+    else:
+        rows = rows[rows["stat"].isna() | rows["stat"].isin(["", "median"])]
+    rows = rows[rows["adapter"].isin(adapters_of(spec))]
+    if memory and "storage" in rows:
+        rows = rows[rows["storage"] != "simulated"]
+    return rows.dropna(subset=["value"])
+
+
+def select(frame: Any, spec: dict[str, Any], samples: dict, run: str, memory: bool) -> Operand:
+    """The first listed precision (and adapter) alternative that was measured."""
+    rows = _rows(frame, spec, memory)
+    wanted = as_list(spec.get("precision")) or list(dict.fromkeys(rows["precision"]))
+    for precision in wanted:
+        for adapter in adapters_of(spec):
+            sel = rows[(rows["precision"] == precision) & (rows["adapter"] == adapter)]
+            if not len(sel):
+                continue
+            out = Operand(float(sel["value"].mean()), f"{precision}/{adapter}",
+                          list(dict.fromkeys(sel["cell_id"])))
+            if len(sel) == 1:
+                row = sel.iloc[0]
+                out.samples = samples.get((run, row["cell_id"]), {}).get(spec["metric"])
+                low, high = row.get("ci_low"), row.get("ci_high")
+                if low is not None and high is not None and low == low and high == high:
+                    out.ci = (float(low), float(high))
+            return out
+    return Operand(why=missing(frame, spec, wanted, memory))
+
+
+def precisions(frame: Any, spec: dict[str, Any], memory: bool) -> set[str]:
+    return set(_rows(frame, spec, memory)["precision"])
+
+
+def missing(frame: Any, spec: dict[str, Any], wanted: list[str], memory: bool) -> str:
+    """Why an operand has no value: absent, failed, simulated storage, or metric missing."""
+    metric = spec["metric"]
+    where = " or ".join(wanted) or "any precision"
+    where += f" with adapter {' or '.join(adapters_of(spec))}"
+    cells = frame[frame["precision"].isin(wanted)] if wanted else frame.iloc[0:0]
+    cells = cells[cells["adapter"].isin(adapters_of(spec))]
+    bad = cells[cells["cell_status"] != "ok"].drop_duplicates("cell_id")
+    if len(bad):
+        first = bad.iloc[0]
+        error = first.get("error")
+        reason = f": {str(error)[:120]}" if isinstance(error, str) and error else ""
+        return f"{metric} for {where}: cell {first['cell_status']}{reason}"
+    if memory and "storage" in cells and (cells["storage"] == "simulated").any():
+        ids = ", ".join(dict.fromkeys(cells[cells["storage"] == "simulated"]["cell_id"]))
+        return f"{metric} for {where}: storage is simulated in {ids}, not real stored bytes"
+    failed = cells[(cells["metric"] == metric) & (cells["status"] != "ok")]
+    if len(failed):
+        return f"{metric} for {where}: workload {failed.iloc[0]['status']}"
+    return f"{metric} for {where}: not in the results"
