@@ -1,22 +1,25 @@
-"""Analytic memory model: predicted bytes of a cell without loading any weights.
+"""Memory model: predicted bytes of a cell without loading any weights.
 
-The model is built on the ``meta`` device from its config, so shapes are exact and nothing is
-allocated; a 70B prediction takes seconds. Weight bytes follow each scheme's stored format
-(the same tensors the footprint workload counts), so for dense, int8 and 4-bit bitsandbytes
-schemes the prediction equals the measured ``bytes.total - bytes.buffers`` exactly. RTN/GPTQ and
-SpQR use their published bit formulas (SpQR assumes no outliers: each outlier adds ~32 bits).
+Shapes come from the model built on the ``meta`` device (nothing allocated). Each term:
 
-Training and inference terms are documented approximations:
+* weights: every scheme states the bytes it stores per linear (``linear_bytes``) and the dtype
+  of what it leaves dense, so this equals the footprint workload's stored bytes (SpQR leaves
+  out outliers, unknown before calibration: each adds ~32 bits);
+* adapters, gradients: LoRA's A and B per targeted linear in fp32 (peft keeps adapters in fp32
+  on 16-bit bases), or every parameter for full fine-tuning, gradients in the trained dtype;
+* optimizer state, per implementation and dtype (``optimizer_bytes``): torch AdamW keeps its
+  moments in the parameter's dtype (4 B/param for bf16, 8 for fp32); bitsandbytes' paged
+  8-bit and 32-bit AdamW;
+* activations: the tensors autograd saves for backward, counted by running the real forward of
+  the architecture on fake tensors with LoRA emulated (``harness.memory_sim``), with or without
+  reentrant gradient checkpointing;
+* training peak: weights + adapters + gradients + optimizer state + activations + what is alive
+  as backward starts (fp32 logits, their gradient and log-softmax's: ``3 x tokens x vocab x 4``)
+  + with checkpointing one layer's rebuilt activations;
+* KV cache: ``2 x layers x kv_dim x positions x batch`` in the compute dtype;
+* inference peak: weights + KV cache + one layer's prefill working set + last-position logits.
 
-* adapters: LoRA stores ``r * (in + out)`` fp32 params per targeted linear;
-* gradients: one value per trainable param in its own dtype; AdamW: 8 B per trainable param;
-* activations (per layer, per token, compute dtype ``a`` bytes): ``(6h + 2 kv + 4 i) * a``
-  (norm inputs/outputs, q/k/v, attention output, the three MLP projections' inputs/outputs);
-  attention probabilities are not stored (SDPA/flash). Logits and their gradient add
-  ``2 * vocab * 4`` B per token. With gradient checkpointing only each layer's input
-  (``h * a``) is kept, plus one layer recomputed at a time;
-* KV cache: ``2 * layers * kv_heads * head_dim * seq * batch * a``;
-* inference peak: weights + KV cache + one layer's prefill working set + last-token logits.
+``harness.memory_validation`` compares every term with what cells measured.
 """
 
 from __future__ import annotations
@@ -30,19 +33,62 @@ from harness.errors import HarnessError
 _LLAMA = dict(model_type="llama", max_position_embeddings=4096, rms_norm_eps=1e-5)
 # Well-known architectures written as data, so predictions work offline and without weights.
 PRESETS: dict[str, dict[str, Any]] = {
-    "llama-7b": dict(_LLAMA, vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
-    "llama-13b": dict(_LLAMA, vocab_size=32000, hidden_size=5120, intermediate_size=13824,
-                      num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40),
-    "llama-33b": dict(_LLAMA, vocab_size=32000, hidden_size=6656, intermediate_size=17920,
-                      num_hidden_layers=60, num_attention_heads=52, num_key_value_heads=52),
-    "llama-65b": dict(_LLAMA, vocab_size=32000, hidden_size=8192, intermediate_size=22016,
-                      num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=64),
-    "llama-70b": dict(_LLAMA, vocab_size=32000, hidden_size=8192, intermediate_size=28672,
-                      num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8),
-    "smollm2-135m": dict(_LLAMA, vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         tie_word_embeddings=True, max_position_embeddings=8192),
+    "llama-7b": dict(
+        _LLAMA,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+    "llama-13b": dict(
+        _LLAMA,
+        vocab_size=32000,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+    ),
+    "llama-33b": dict(
+        _LLAMA,
+        vocab_size=32000,
+        hidden_size=6656,
+        intermediate_size=17920,
+        num_hidden_layers=60,
+        num_attention_heads=52,
+        num_key_value_heads=52,
+    ),
+    "llama-65b": dict(
+        _LLAMA,
+        vocab_size=32000,
+        hidden_size=8192,
+        intermediate_size=22016,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=64,
+    ),
+    "llama-70b": dict(
+        _LLAMA,
+        vocab_size=32000,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    ),
+    "smollm2-135m": dict(
+        _LLAMA,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
 }
 _BUILTIN_PRESET = {"builtin:smollm2-135m": "smollm2-135m"}
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -59,10 +105,19 @@ class Shape:
     intermediate: int
     kv_dim: int
     vocab: int
+    experts: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """(name, experts, out, in) of 3-D mixture-of-experts weights."""
+    param_tensors: list[int] = field(default_factory=list)
+    """Elements of every stored parameter tensor (what full fine-tuning trains)."""
+    config: Any = None
 
     @property
     def params(self) -> int:
-        return sum(o * i for _, o, i in self.linears) + sum(self.dense_params.values())
+        return (
+            sum(o * i for _, o, i in self.linears)
+            + sum(self.dense_params.values())
+            + sum(e * o * i for _, e, o, i in self.experts)
+        )
 
 
 def load_config(spec: str) -> Any:
@@ -103,26 +158,41 @@ def model_shape(config: Any) -> Shape:
         model = AutoModelForCausalLM.from_config(config)
     lm_head = model.get_output_embeddings()
     linears: list[tuple[str, int, int]] = []
+    experts: list[tuple[str, int, int, int]] = []
     dense: dict[str, int] = {}
+    tensors: list[int] = []
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue  # tied weights are stored once
             seen.add(id(param))
+            tensors.append(param.numel())
             out_in = _linear_out_in(module, pname)
             if out_in is not None and module is not lm_head:
                 linears.append((mod_name, *out_in))
                 continue
             cat = _category(module, pname, lm_head)
+            if cat == "expert_weights":
+                experts.append((f"{mod_name}.{pname}", *param.shape))
+                continue
             dense[cat] = dense.get(cat, 0) + param.numel()
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     kv = getattr(text, "num_key_value_heads", None) or heads
-    return Shape(linears, dense, text.num_hidden_layers, text.hidden_size,
-                 getattr(text, "intermediate_size", 4 * text.hidden_size), kv * head_dim,
-                 text.vocab_size)
+    return Shape(
+        linears,
+        dense,
+        text.num_hidden_layers,
+        text.hidden_size,
+        getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
+        kv * head_dim,
+        text.vocab_size,
+        experts,
+        tensors,
+        config,
+    )
 
 
 def _linear_out_in(module: Any, pname: str) -> tuple[int, int] | None:
@@ -164,14 +234,18 @@ def scheme_handler(precision: str, options: dict[str, Any] | None = None) -> tup
 
 @dataclass
 class Workload:
-    """Sequence sizes the non-weight terms depend on."""
+    """What the non-weight terms depend on: sequence sizes, LoRA settings, optimizer."""
 
     batch: int = 1
-    seq: int = 160
+    seq: int = 160  # prompt + new tokens
     train_batch: int = 4
     train_seq: int = 256
     checkpointing: bool = False
     lora_targets: list[str] | None = None  # None: every quantizable linear
+    lora_dropout: float = 0.05
+    optimizer: str = "adamw"
+    adapter_dtype: str = "float32"  # peft keeps LoRA weights in fp32, also on 16-bit bases
+    compute_dtype: str | None = None  # activations; None: the scheme's dense dtype
 
 
 @dataclass
@@ -185,7 +259,9 @@ class Prediction:
     optimizer_state: int = 0
     activations: int = 0
     activations_checkpointed: int = 0
+    backward_transient: int = 0
     kv_cache: int = 0
+    prefill_transient: int = 0
     inference_peak: int = 0
     training_peak: int = 0
     notes: list[str] = field(default_factory=list)
@@ -193,6 +269,12 @@ class Prediction:
     @property
     def weight_bytes(self) -> int:
         return sum(self.weights.values())
+
+    @property
+    def training_live(self) -> int:
+        """Live tensors of a training step: what ``mem.accounted`` counts."""
+        act = self.activations_checkpointed if self.activations_checkpointed else self.activations
+        return self.weight_bytes + self.adapters + self.gradients + self.optimizer_state + act
 
 
 def adapter_kind(adapter: str) -> tuple[str, int]:
@@ -203,51 +285,133 @@ def adapter_kind(adapter: str) -> tuple[str, int]:
     return adapter, 0
 
 
-def predict(shape: Shape, precision: str, options: dict | None = None, adapter: str = "none",
-            work: Workload | None = None) -> Prediction:
-    """Every memory term of one cell (model shape x precision x adapter x sequence sizes)."""
-    work = work or Workload()
-    handler, opts = scheme_handler(precision, options)
+def weight_terms(shape: Shape, handler: Any, opts: Any) -> dict[str, int]:
+    """Stored bytes by footprint category, as the scheme stores them."""
     a = _DTYPE_BYTES[handler.dense_dtype(opts)]
-    quantized = handler.quantizes_linears
+    key = "quantized_weights" if handler.quantizes_linears else "linear_weights"
     weights: dict[str, int] = {}
+
+    def add(cat: str, n: int) -> None:
+        if n:
+            weights[cat] = weights.get(cat, 0) + n
+
     for _, out, inp in shape.linears:
         w, s = handler.linear_bytes(opts, out, inp)
-        key = "quantized_weights" if quantized else "linear_weights"
-        weights[key] = weights.get(key, 0) + w
-        if s:
-            weights["quant_state"] = weights.get("quant_state", 0) + s
+        add(key, w)
+        add("quant_state", s)
+    for _, experts, out, inp in shape.experts:
+        if getattr(handler, "quantizes_experts", False):
+            w, s = handler.linear_bytes(opts, out, inp)
+            add("quantized_weights", experts * w)
+            add("quant_state", experts * s)
+        else:
+            add("expert_weights", experts * out * inp * a)
     for cat, n in shape.dense_params.items():
-        weights[cat] = weights.get(cat, 0) + n * a
-    pred = Prediction(weights)
-    kind, rank = adapter_kind(adapter)
+        add(cat, n * a)
+    return weights
+
+
+def trainable_tensors(
+    shape: Shape, kind: str, rank: int, work: Workload, a: int
+) -> list[tuple[int, int]]:
+    """(elements, bytes per element) of every trained tensor: LoRA's A and B (fp32) per
+    targeted linear, or every parameter tensor for full fine-tuning."""
     if kind == "lora":
-        targets = [(o, i) for name, o, i in shape.linears
-                   if work.lora_targets is None or name.split(".")[-1] in work.lora_targets]
-        pred.trainable_params = sum(rank * (o + i) for o, i in targets)
-        pred.adapters = 4 * pred.trainable_params
-        pred.gradients = pred.adapters
-    elif kind == "full":
-        if quantized:
-            pred.notes.append("full fine-tuning of quantized weights is not possible")
-        pred.trainable_params = shape.params
-        pred.gradients = shape.params * a
-    pred.optimizer_state = 8 * pred.trainable_params
+        return [
+            t
+            for name, o, i in shape.linears
+            if work.lora_targets is None or name.split(".")[-1] in work.lora_targets
+            for t in ((rank * i, 4), (o * rank, 4))
+        ]
+    if kind == "full":
+        return [(n, a) for n in shape.param_tensors]
+    return []
+
+
+def optimizer_bytes(tensors: list[tuple[int, int]], optimizer: str) -> int:
+    """State of one optimizer over the trained tensors, as each implementation allocates it.
+
+    torch AdamW: two moments in the parameter's dtype and a float32 step per tensor.
+    bitsandbytes paged AdamW 32-bit: two float32 moments. 8-bit: two uint8 moments and a
+    float32 absmax per 256 values for tensors of at least 4096 values (smaller ones get 32-bit
+    state), plus the two 256-entry quantization maps once.
+    """
+    if optimizer == "adamw":
+        return sum(2 * n * size + 4 for n, size in tensors)
+    if optimizer == "paged_adamw_32bit":
+        return sum(8 * n for n, _ in tensors)
+    if optimizer == "paged_adamw_8bit":
+        state = sum(2 * n + 8 * -(-n // 256) if n >= 4096 else 8 * n for n, _ in tensors)
+        return state + 2 * 256 * 4
+    raise HarnessError(
+        f"no memory formula for optimizer {optimizer!r}; known: adamw, "
+        "paged_adamw_32bit, paged_adamw_8bit"
+    )
+
+
+def predict(
+    shape: Shape,
+    precision: str,
+    options: dict | None = None,
+    adapter: str = "none",
+    work: Workload | None = None,
+) -> Prediction:
+    """Every memory term of one cell (model shape x precision x adapter x workload)."""
+    from harness import memory_sim as sim
+
+    work = work or Workload()
+    handler, opts = scheme_handler(precision, options)
+    dtype = work.compute_dtype or handler.dense_dtype(opts)
+    a = _DTYPE_BYTES[dtype]
+    pred = Prediction(weight_terms(shape, handler, opts))
+    kind, rank = adapter_kind(adapter)
+    if kind == "full" and handler.quantizes_linears:
+        pred.notes.append("full fine-tuning of quantized weights is not possible")
+    stored = _DTYPE_BYTES[handler.dense_dtype(opts)]
+    tensors = trainable_tensors(shape, kind, rank, work, stored)
+    pred.trainable_params = sum(n for n, _ in tensors)
+    if kind == "lora":
+        pred.adapters = sum(n * size for n, size in tensors)
+    pred.gradients = sum(n * size for n, size in tensors)
+    pred.optimizer_state = optimizer_bytes(tensors, work.optimizer) if tensors else 0
     tokens = work.train_batch * work.train_seq
-    per_layer = (6 * shape.hidden + 2 * shape.kv_dim + 4 * shape.intermediate) * a
-    if kind in ("lora", "full"):
-        logits = 2 * shape.vocab * 4 * tokens
-        pred.activations = shape.layers * per_layer * tokens + logits
-        pred.activations_checkpointed = (shape.layers * shape.hidden * a + per_layer) * tokens
-        pred.activations_checkpointed += logits
-    pred.kv_cache = 2 * shape.layers * shape.kv_dim * work.seq * work.batch * a
-    prefill = per_layer * work.seq * work.batch + shape.vocab * 4 * work.batch
-    pred.inference_peak = pred.weight_bytes + pred.kv_cache + prefill
-    if kind in ("lora", "full"):
-        act = pred.activations_checkpointed if work.checkpointing else pred.activations
-        pred.training_peak = (pred.weight_bytes + pred.adapters + pred.gradients
-                              + pred.optimizer_state + act)
+    if kind in ("lora", "full") and shape.config is not None:
+        lora = (
+            sim.LoraSpec(rank, work.lora_dropout, _targets(work), work.adapter_dtype)
+            if kind == "lora"
+            else None
+        )
+        args = (shape.config, dtype, work.train_batch, work.train_seq, kind, lora)
+        pred.activations = sim.saved_bytes(*args, checkpointing=False)
+        if work.checkpointing:
+            pred.activations_checkpointed = sim.saved_bytes(*args, checkpointing=True)
+        # logits (fp32), their gradient and log-softmax's gradient alive as backward starts
+        pred.backward_transient = 3 * tokens * shape.vocab * 4
+        act = pred.activations_checkpointed or pred.activations
+        if work.checkpointing:  # one layer's activations are rebuilt at a time in backward
+            act += pred.activations // max(shape.layers, 1)
+        pred.training_peak = (
+            pred.weight_bytes
+            + pred.adapters
+            + pred.gradients
+            + pred.optimizer_state
+            + act
+            + pred.backward_transient
+        )
+    pred.kv_cache = 2 * shape.layers * shape.kv_dim * max(work.seq - 1, 1) * work.batch * a
+    # one layer's prefill working set (norm, q/k/v, attention output, MLP's three
+    # intermediate tensors) and the last position's fp32 logits, as generate computes them
+    prompt = work.batch * work.seq
+    pred.prefill_transient = (
+        prompt * (4 * shape.hidden + 2 * shape.kv_dim + 3 * shape.intermediate) * a
+        + work.batch * shape.vocab * 4
+    )
+    pred.inference_peak = pred.weight_bytes + pred.adapters + pred.kv_cache + pred.prefill_transient
     return pred
+
+
+def _targets(work: Workload) -> tuple[str, ...] | None:
+    return tuple(work.lora_targets) if work.lora_targets is not None else None
 
 
 def workload_from(workloads: Any, lora: Any = None) -> Workload:
@@ -264,6 +428,8 @@ def workload_from(workloads: Any, lora: Any = None) -> Workload:
             if hasattr(training, key):
                 work.train_seq = getattr(training, key)
         work.checkpointing = bool(getattr(training, "gradient_checkpointing", False))
+        work.optimizer = getattr(training, "optimizer", work.optimizer)
+    work.lora_dropout = float(getattr(lora, "dropout", work.lora_dropout))
     targets = getattr(lora, "target_modules", "all-linear")
     if targets == "qv":
         work.lora_targets = ["q_proj", "v_proj"]

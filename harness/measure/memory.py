@@ -248,20 +248,15 @@ def _track_cpu(
     if live is None:
         return
     _put_live(result, live)
-    if base is None:
-        result.put(
-            "peak_bytes",
-            sum(live.values()) + growth,
-            "live-model-tensors+cpu-vmhwm-above-phase-start",
-        )
-        return
-    above = max(0, peak - base.held)
-    result.put("peak_above_baseline_bytes", above, "cpu-vmhwm-above-post-load-baseline")
     result.put(
-        "peak_bytes",
-        sum(base.live.values()) + above,
-        "live-model-tensors-at-baseline+cpu-vmhwm-above-post-load-baseline",
+        "peak_bytes", sum(live.values()) + growth, "live-model-tensors+cpu-vmhwm-above-phase-start"
     )
+    if base is not None:  # includes what later phases left and libraries imported since
+        result.put(
+            "peak_above_baseline_bytes",
+            max(0, peak - base.held),
+            "cpu-vmhwm-above-post-load-baseline (libraries imported after loading too)",
+        )
 
 
 def _put_live(result: PhaseResult, live: dict[str, int]) -> None:

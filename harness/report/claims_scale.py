@@ -37,9 +37,12 @@ class Setting(BaseModel):
     train_batch: int = Field(1, ge=1)
     train_seq: int = Field(512, ge=1)
     checkpointing: bool = False
-    # Both keep two fp32 moments per trainable parameter (8 B), the memory model's optimizer
-    # term; paging moves them to CPU memory only under pressure, which the model ignores.
-    optimizer: Literal["adamw", "paged_adamw_32bit"] = "adamw"
+    optimizer: Literal["adamw", "paged_adamw_32bit", "paged_adamw_8bit"] = "adamw"
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    adapter_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of LoRA weights and their gradients (the harness: float32, as peft keeps them)."""
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """dtype of activations; None: what the harness's scheme computes in."""
 
     @field_validator("preset")
     @classmethod
@@ -94,8 +97,9 @@ class AtScale(BaseModel):
 
     def model_post_init(self, _context: Any) -> None:
         if (self.reducer == "value") != (self.b is None):
-            raise ValueError("at_scale: 'b' is required for ratio/difference and not allowed "
-                             "for value")
+            raise ValueError(
+                "at_scale: 'b' is required for ratio/difference and not allowed for value"
+            )
 
 
 @dataclass
@@ -122,16 +126,31 @@ def predicted_bytes(setting: Setting, quantity: str) -> float:
     """The memory model's bytes for one setting and quantity."""
     from harness.memory_model import Workload, predict
 
-    work = Workload(batch=setting.batch, seq=setting.seq, train_batch=setting.train_batch,
-                    train_seq=setting.train_seq, checkpointing=setting.checkpointing,
-                    lora_targets=setting.lora_targets)
-    pred = predict(_shape(setting.preset), setting.precision, setting.options or None,
-                   setting.adapter, work)
+    work = Workload(
+        batch=setting.batch,
+        seq=setting.seq,
+        train_batch=setting.train_batch,
+        train_seq=setting.train_seq,
+        checkpointing=setting.checkpointing,
+        lora_targets=setting.lora_targets,
+        optimizer=setting.optimizer,
+        lora_dropout=setting.lora_dropout,
+        adapter_dtype=setting.adapter_dtype,
+        compute_dtype=setting.compute_dtype,
+    )
+    pred = predict(
+        _shape(setting.preset), setting.precision, setting.options or None, setting.adapter, work
+    )
     if quantity == "linear_bytes":
         keys = ("quantized_weights", "quant_state", "linear_weights")
         return float(sum(pred.weights.get(k, 0) for k in keys))
-    return float({"weight_bytes": pred.weight_bytes, "training_peak": pred.training_peak,
-                  "inference_peak": pred.inference_peak}[quantity])
+    return float(
+        {
+            "weight_bytes": pred.weight_bytes,
+            "training_peak": pred.training_peak,
+            "inference_peak": pred.inference_peak,
+        }[quantity]
+    )
 
 
 def _bounds(spec: AtScale, a: float, b: float | None, band: float) -> tuple[float, float]:
@@ -149,8 +168,9 @@ def _side(spec: AtScale, lo: float, hi: float) -> bool | None:
     """True/False when all of [lo, hi] satisfies / misses the threshold, None when it straddles."""
     from harness.report.claim_interval import interval_side
 
-    return interval_side(spec.comparison, spec.published, spec.tolerance, spec.tolerance_kind,
-                         lo, hi)
+    return interval_side(
+        spec.comparison, spec.published, spec.tolerance, spec.tolerance_kind, lo, hi
+    )
 
 
 def _reduced(spec: AtScale, a: float, b: float | None) -> float:
@@ -183,10 +203,19 @@ def predict_claim(claim_id: str, spec: AtScale, band: float | None) -> Predicted
     band_text = "± ? (no error band)" if band is None else f"± {100 * band:.1f}% per prediction"
     where = "" if span is None else f" [{span[0]:.3g}, {span[1]:.3g}]"
     outcome = {HOLDS: "meets", FAILS: "misses"}.get(verdict.split(" (")[0], "straddles")
-    text = (f"predicted {value:.3g} {spec.unit} {band_text}{where} → {outcome} "
-            f"{spec.comparison} {spec.published:g} {spec.unit}")
-    return Predicted(claim_id, value, None if span is None else span[0],
-                     None if span is None else span[1], band, verdict, text)
+    text = (
+        f"predicted {value:.3g} {spec.unit} {band_text}{where} → {outcome} "
+        f"{spec.comparison} {spec.published:g} {spec.unit}"
+    )
+    return Predicted(
+        claim_id,
+        value,
+        None if span is None else span[0],
+        None if span is None else span[1],
+        band,
+        verdict,
+        text,
+    )
 
 
 def measured_error_band(frame: Any) -> float | None:
@@ -209,8 +238,16 @@ def at_scale_table(claims: list[Any], band: float | None) -> Any:
             continue
         p = predict_claim(claim.id, spec, band)
         setting = spec.a.describe() + ("" if spec.b is None else f" vs {spec.b.describe()}")
-        rows.append({"claim": claim.id, "verdict": p.verdict, "prediction": p.text,
-                     "setting": f"{spec.quantity} ({spec.reducer}): {setting}",
-                     "published": f"{spec.published:g} {spec.unit}", "note": spec.note})
-    return pd.DataFrame(rows, columns=["claim", "verdict", "prediction", "setting", "published",
-                                       "note"])
+        rows.append(
+            {
+                "claim": claim.id,
+                "verdict": p.verdict,
+                "prediction": p.text,
+                "setting": f"{spec.quantity} ({spec.reducer}): {setting}",
+                "published": f"{spec.published:g} {spec.unit}",
+                "note": spec.note,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["claim", "verdict", "prediction", "setting", "published", "note"]
+    )

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.report import environment_table, metric_values, problems_table
+from harness.report import environment_table, problems_table
 from harness.report.claims import evaluate, load_claims, verdict_table
 from harness.report.claims_scale import at_scale_table, measured_error_band
 from harness.report.plots import FIGURES
@@ -61,68 +60,51 @@ def render_figures(frame: Any, out_dir: Path) -> list[Section]:
 
 
 def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
-    """Analytic prediction beside each measured weight footprint and training memory term."""
-    import pandas as pd
+    """The memory model beside every measured component, live total and peak, with the error;
+    then the largest error per phase against the model's targets."""
 
-    from harness import memory_model as mm
-    from harness.errors import HarnessError
+    from harness.memory_validation import validate
 
-    pairs = [
-        ("bytes.total", "weights"),
-        ("mem.frozen_weights", "weights"),
-        ("mem.adapter_params", "adapters"),
-        ("mem.gradients", "gradients"),
-        ("mem.optimizer_state", "optimizer_state"),
-    ]
-    shapes: dict[str, Any] = {}
-    notes: list[str] = []
-    rows = []
-    cells = frame[frame["metric"].isin([p[0] for p in pairs]) & (frame["status"] == "ok")]
-    for (run, cell_id), sub in cells.groupby(["run", "cell_id"], sort=False):
-        first = sub.iloc[0]
-        model = str(first["model"])
-        if model not in shapes:
-            try:
-                shapes[model] = mm.model_shape(mm.load_config(model))
-            except (HarnessError, ValueError, OSError) as exc:
-                shapes[model] = None
-                notes.append(f"no prediction for {model}: {exc}")
-        if shapes[model] is None:
-            continue
-        try:
-            options = json.loads(first.get("precision_options") or "{}")
-            pred = mm.predict(
-                shapes[model], str(first["precision"]), options, str(first["adapter"])
-            )
-        except (HarnessError, KeyError, ValueError) as exc:
-            notes.append(f"no prediction for {cell_id}: {exc}")
-            continue
-        for metric, term in pairs:
-            m = metric_values(sub, metric)
-            if not len(m):
-                continue
-            measured = float(m["value"].iloc[0])
-            if metric == "bytes.total":
-                buffers = metric_values(frame[frame["cell_id"] == cell_id], "bytes.buffers")
-                measured -= float(buffers["value"].sum()) if len(buffers) else 0.0
-            predicted = pred.weight_bytes if term == "weights" else getattr(pred, term)
-            gap = (predicted - measured) / measured if measured else float("nan")
-            rows.append(
-                {
-                    "run": run,
-                    "precision": first["precision"],
-                    "adapter": first["adapter"],
-                    "term": metric,
-                    "measured": int(measured),
-                    "predicted": int(predicted),
-                    "gap": f"{100 * gap:+.2f}%",
-                }
-            )
-    return pd.DataFrame(rows), notes
+    table, notes = validate(frame)
+    if not len(table):
+        return table, notes
+    shown = (
+        table.assign(
+            measured=(table["measured"] / 1e6).round(2),
+            predicted=(table["predicted"] / 1e6).round(2),
+            error=[f"{100 * e:+.1f}%" for e in table["error"]],
+        )
+        .drop(columns=["cell_id"])
+        .rename(columns={"measured": "measured MB", "predicted": "predicted MB"})
+    )
+    return shown, notes
+
+
+def memory_model_section(frame: Any) -> Section:
+    """Predicted against measured for every component and peak, and the largest errors."""
+    from harness.memory_validation import summary, validate
+
+    section = Section("Memory model against measurement")
+    table, notes = validate(frame)
+    if not len(table):
+        return section.text("No cell with memory measurements to compare.")
+    section.text(
+        "Each ok cell predicted from its own settings (no weights loaded) beside what it "
+        "measured: live tensors by component, their total, and the phase peak (live model "
+        "tensors + process growth above the post-load baseline). Largest error per phase:")
+    section.table(summary(table))
+    shown, _ = predicted_vs_measured(frame)
+    section.table(shown)
+    for note in notes:
+        section.text(note)
+    return section
 
 
 def build_sections(
-    frame: Any, out_dir: Path, claims_path: Path | None = None, paired: Any = None,
+    frame: Any,
+    out_dir: Path,
+    claims_path: Path | None = None,
+    paired: Any = None,
     samples: Any = None,
 ) -> list[Section]:
     runs = ", ".join(dict.fromkeys(frame["run"]))
@@ -135,11 +117,7 @@ def build_sections(
     failed = Section("Cells not ok")
     failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
     claims, at_scale = claims_sections(frame, claims_path, samples)
-    predicted, notes = predicted_vs_measured(frame)
-    model = Section("Analytic memory model against measurement")
-    model.table(predicted) if len(predicted) else model.text("No footprint rows to compare.")
-    for note in notes:
-        model.text(note)
+    model = memory_model_section(frame)
     env = Section("Environment").table(environment_table(frame))
     significance = Section("Differences against fp32 (paired bootstrap)")
     if paired is not None and len(paired):
@@ -158,16 +136,28 @@ def claims_sections(frame: Any, claims_path: Path | None, samples: Any) -> list[
     """Measured verdicts (with intervals and cell ids), and apart from them the predictions."""
     registry = load_claims(claims_path)
     verdicts = verdict_table(evaluate(registry, frame, samples))
-    columns = ["claim", "run", "verdict", "measured", "interval", "expected", "published",
-               "cells", "scope", "note"]
+    columns = [
+        "claim",
+        "run",
+        "verdict",
+        "measured",
+        "interval",
+        "expected",
+        "published",
+        "cells",
+        "scope",
+        "note",
+    ]
     measured = Section("Published claims: measured").table(
-        verdicts[columns] if len(verdicts) else verdicts)
+        verdicts[columns] if len(verdicts) else verdicts
+    )
     predicted = at_scale_table(registry, measured_error_band(frame))
     at_scale = Section("Published claims: predicted at scale (memory model, not measured)")
     at_scale.text(
         "The analytic memory model on the published architecture and setting; each prediction "
         "may be off by the model's largest relative error over the validated cells of these "
-        "runs, and a verdict is undecided when that band straddles the threshold.")
+        "runs, and a verdict is undecided when that band straddles the threshold."
+    )
     at_scale.table(predicted) if len(predicted) else at_scale.text("No claim has a setting.")
     return [measured, at_scale]
 

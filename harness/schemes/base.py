@@ -59,6 +59,8 @@ class SchemeHandler:
     # What the memory model asks of a scheme; answered without loading anything.
     quantizes_linears: bool = True
     """False for dense precisions: their linears are counted as ``linear_weights``."""
+    quantizes_experts: bool = False
+    """True when 3-D mixture-of-experts weights are quantized (per expert, like a linear)."""
 
     def linear_bytes(self, opts: SchemeOptions, out: int, inp: int) -> tuple[int, int]:
         """(weight bytes, quantization-state bytes) this scheme stores for one ``out x in``

@@ -92,6 +92,8 @@ def solver_threads(weight: Any) -> Iterator[None]:
 class QuantizedScheme(SchemeHandler):
     """Shared loader: fp32 model, quantize (or take the cache), report what it cost."""
 
+    quantizes_experts = True  # 3-D expert weights are quantized per expert
+
     family = ""
 
     def quantize(self, model: Any, layers: Any, tokenizer: Any, opts: Any, device: str) -> dict:

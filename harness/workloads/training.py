@@ -183,6 +183,11 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         f"optimizer={settings.optimizer};grad_ckpt={settings.gradient_checkpointing};"
         f"corpus={info.name}:{info.split}@{info.sha256[:12]}"
     )
+    if kind == "lora":  # what the memory model needs to predict this cell's activations
+        opts = cell.adapter_options
+        targets = opts.get("target_modules", "all-linear")
+        targets = targets if isinstance(targets, str) else ",".join(targets)
+        protocol += f";lora_dropout={opts.get('dropout', 0.0)};lora_targets={targets}"
     mem = {**static, **result.memory}
     parts = (
         "mem.frozen_weights",
