@@ -22,7 +22,6 @@ from tests.conftest import write_experiment
 from tests.runner.test_local import FAST
 
 
-
 def cell_processes(marker: Path) -> list[int]:
     """Pids of live processes whose command line names ``marker`` (the results directory)."""
     pids = []
@@ -129,9 +128,9 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path) -> None:
 
     results = ResultsDir(tmp_path / "out")
     with results.lock():
+        held = results.lock()
         with pytest.raises(HarnessError, match="in use by another run"):
-            with results.lock():
-                pass
+            held.__enter__()
     with results.lock():  # released with the first run
         pass
 
