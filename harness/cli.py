@@ -81,21 +81,22 @@ def run(
     timeout; 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM), running cells ended.
     """
     from harness.commands.run import EXIT_FAILED_CELLS, Launch, run_experiment
-    from harness.runner.isolation import Interrupted
+    from harness.runner.isolation import Interrupted, interrupts_raise
 
     try:
         launch = Launch(launcher, ray_address, cpus_per_cell)
-        result = run_experiment(
-            experiment,
-            out=out,
-            device=device,
-            force=force,
-            retry_failed=retry_failed,
-            keep_foreign=keep_foreign,
-            only=only,
-            launch=launch,
-            console=console,
-        )
+        with interrupts_raise():  # also while the table is collected: one exit code per signal
+            result = run_experiment(
+                experiment,
+                out=out,
+                device=device,
+                force=force,
+                retry_failed=retry_failed,
+                keep_foreign=keep_foreign,
+                only=only,
+                launch=launch,
+                console=console,
+            )
     except HarnessError as exc:
         fail(exc)
     except KeyboardInterrupt as exc:
