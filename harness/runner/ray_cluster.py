@@ -1,7 +1,7 @@
 """Run a matrix on a Ray cluster: the same cells, each a Ray task, when one machine is not enough.
 
 Each task runs its cell exactly as the local runner does, in a fresh interpreter with a
-timeout (``local.execute_cell``) on whichever node Ray picks, and sends the record and the
+timeout (``isolation.execute_cell``) on whichever node Ray picks, and sends the record and the
 log back; the driver stores them under the results directory, so nodes need no shared
 file system. A CUDA cell reserves one GPU (Ray sets ``CUDA_VISIBLE_DEVICES``), a CPU cell
 ``cpus_per_cell`` cores, and its torch runs that many threads: cells sharing a node do not
