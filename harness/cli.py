@@ -42,6 +42,18 @@ def run(
         str | None, typer.Option(help="auto, cpu or cuda [default: from file].")
     ] = None,
     force: Annotated[bool, typer.Option(help="Rerun cells that already have a result.")] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(help="Rerun cells stored as error, oom or timeout; keep ok and skipped."),
+    ] = False,
+    keep_foreign: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse stored cells measured in another environment (other CPU/GPU, "
+            "library versions or harness code) instead of measuring them again; "
+            "they are listed as such."
+        ),
+    ] = False,
     only: Annotated[
         str | None, typer.Option(help="Run only cells whose id matches this glob.")
     ] = None,
@@ -63,22 +75,40 @@ def run(
         int, typer.Option(help="With --launcher ray: cores (and torch threads) per cell.")
     ] = 1,
 ) -> None:
-    """Run every cell of an experiment matrix, each in its own process, and collect the table."""
-    from harness.commands.run import Launch, run_experiment
+    """Run every cell of an experiment matrix, each in its own process, and collect the table.
+
+    Exit codes: 0 every cell ok or skipped; 2 bad input; 3 some cell ended error, oom or
+    timeout; 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM), running cells ended.
+    """
+    from harness.commands.run import EXIT_FAILED_CELLS, Launch, run_experiment
+    from harness.runner.isolation import Interrupted, interrupts_raise
 
     try:
         launch = Launch(launcher, ray_address, cpus_per_cell)
-        run_experiment(
-            experiment,
-            out=out,
-            device=device,
-            force=force,
-            only=only,
-            launch=launch,
-            console=console,
-        )
+        with interrupts_raise():  # also while the table is collected: one exit code per signal
+            result = run_experiment(
+                experiment,
+                out=out,
+                device=device,
+                force=force,
+                retry_failed=retry_failed,
+                keep_foreign=keep_foreign,
+                only=only,
+                launch=launch,
+                console=console,
+            )
     except HarnessError as exc:
         fail(exc)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else 2
+        err_console.print(
+            "[bold red]interrupted:[/] the running cells were stopped; finished cells are "
+            "stored and the next run resumes from them",
+            highlight=False,
+        )
+        raise typer.Exit(128 + signum) from None
+    if result.failed:
+        raise typer.Exit(EXIT_FAILED_CELLS)
 
 
 @app.command("list")
@@ -164,7 +194,11 @@ def show(
     results: Annotated[Path, typer.Argument(help="A results directory (results/NAME).")],
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
 ) -> None:
-    """The summary table of a results directory, without running anything."""
+    """The summary table of a results directory, without running anything.
+
+    Cells measured in another environment than this machine's are listed under the table.
+    """
+    from harness.commands.show import foreign_note
     from harness.results import load_table
     from harness.summary import markdown_table, summary_table
 
@@ -176,6 +210,9 @@ def show(
         print(markdown_table(frame))
     else:
         console.print(summary_table(frame, results.name))
+    note = foreign_note(results)
+    if note:
+        console.print(note, highlight=False, markup=False)
 
 
 def main() -> None:  # pragma: no cover

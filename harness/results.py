@@ -12,15 +12,18 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harness.config import Cell
 from harness.errors import HarnessError
+from harness.measure.env import fingerprint, fingerprint_id
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "skipped", "error", "oom", "timeout")
 FINISHED = ("ok", "skipped")
+FAILED = ("error", "oom", "timeout")
 ROW_FIELDS = [
     "workload",
     "metric",
@@ -48,22 +51,31 @@ CELL_FIELDS = [
     "cell_status",
     "started_at",
     "duration_s",
+    "env_fingerprint",
 ]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename over the target."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    A reader sees the old file or the new one, never half of one; an interrupted write leaves
+    at most a ``.<name>.*.tmp`` file, which ``ResultsDir.clean_stale`` removes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def cell_path(out_dir: Path, cell: Cell) -> Path:
@@ -91,6 +103,7 @@ def make_record(
         "error": error,
         "storage": storage,
         "env": env or {},
+        "fingerprint": fingerprint(env) if env else None,
         "started_at": started_at,
         "duration_s": duration_s,
         "rows": [_clean_row(r) for r in rows],
@@ -124,16 +137,19 @@ def read_record(path: Path) -> dict[str, Any]:
 
 def stored_status(out_dir: Path, cell: Cell) -> str | None:
     """Status of the stored result for ``cell``; None when there is none or it is unusable."""
-    path = cell_path(out_dir, cell)
-    if not path.is_file():
-        return None
-    try:
-        record = read_record(path)
-    except HarnessError:
-        return None
-    if record["schema"] != SCHEMA_VERSION or record["cell"] != cell.model_dump(mode="json"):
-        return None
-    return record["status"]
+    from harness.results_dir import ResultsDir
+
+    record = ResultsDir(out_dir).stored(cell)
+    return record["status"] if record else None
+
+
+def record_fingerprint(record: dict[str, Any], *, hardware: bool = True) -> dict[str, Any]:
+    """Where a record was measured; derived from its env when it predates stored fingerprints."""
+    return fingerprint(record.get("env") or {}, hardware=hardware)
+
+
+def record_fingerprint_id(record: dict[str, Any]) -> str | None:
+    return fingerprint_id(record_fingerprint(record)) if record.get("env") else None
 
 
 def adapter_rank(adapter: str) -> int | None:
@@ -157,6 +173,7 @@ def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         "cell_status": record["status"],
         "started_at": record.get("started_at"),
         "duration_s": record.get("duration_s"),
+        "env_fingerprint": record_fingerprint_id(record),
         **{k: v for k, v in record.get("env", {}).items() if k != "device"},
         "device": cell["device"],
     }
@@ -194,11 +211,8 @@ def collect(out_dir: Path, cells: list[Cell] | None = None) -> Any:
 
 
 def _atomic_frame_write(frame: Any, out_dir: Path) -> None:
-    for name, writer in (("results.parquet", "to_parquet"), ("results.csv", "to_csv")):
-        target = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        getattr(frame, writer)(tmp, index=False)
-        os.replace(tmp, target)
+    atomic_write(out_dir / "results.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(out_dir / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def load_table(results_dir: Path) -> Any:

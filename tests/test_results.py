@@ -142,3 +142,19 @@ def test_git_sha_is_dirty_for_code_changes_not_for_results(tmp_path) -> None:
     (tmp_path / "code.py").write_text("a = 2\n")
     git_sha.cache_clear()
     assert git_sha(tmp_path) == f"{clean}-dirty"
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    from harness.results import atomic_write, atomic_write_text
+
+    target = tmp_path / "a.json"
+    atomic_write_text(target, "old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

@@ -13,16 +13,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from harness.config import expand, load_experiment
 from harness.errors import HarnessError
 from harness.paths import repo_root
-from harness.results import collect
-from harness.runner.local import CellOutcome, run_matrix
+from harness.results import FAILED, collect
+from harness.results_dir import ReusePolicy
+from harness.runner.matrix import LAUNCHERS, CellOutcome, run_cells
 from harness.summary import cell_line, summary_table
 
-LAUNCHERS = ("local", "ray")
+EXIT_FAILED_CELLS = 3
+"""``harness run`` exit code when any cell ended error, oom or timeout (2: bad input)."""
 
 
 @dataclass(frozen=True)
 class Launch:
-    """Where the cells run: ``local`` (one at a time here) or ``ray`` (concurrent tasks)."""
+    """Where the cells run: a launcher of ``runner.matrix.LAUNCHERS`` and its options."""
 
     launcher: str = "local"
     ray_address: str | None = None
@@ -35,14 +37,25 @@ class Launch:
         if self.launcher != "ray" and (self.ray_address or self.cpus_per_cell != 1):
             raise HarnessError("--ray-address and --cpus-per-cell need --launcher ray")
 
-    def run(self, cells: list, out_dir: Path, **kw: Any) -> list[CellOutcome]:
-        if self.launcher == "local":
-            return run_matrix(cells, out_dir, **kw)
-        from harness.runner.ray_cluster import run_matrix_ray
+    def run(
+        self, cells: list, out_dir: Path, policy: ReusePolicy, **kw: Any
+    ) -> list[CellOutcome]:
+        if self.launcher == "ray":
+            kw |= {"address": self.ray_address, "cpus_per_cell": self.cpus_per_cell}
+            policy = ReusePolicy(policy.force, policy.retry_failed, policy.keep_foreign, False)
+        return run_cells(self.launcher, cells, out_dir, policy, **kw)
 
-        return run_matrix_ray(
-            cells, out_dir, address=self.ray_address, cpus_per_cell=self.cpus_per_cell, **kw
-        )
+
+@dataclass
+class RunResult:
+    """What ``run_experiment`` hands back: the table and the outcome of every cell."""
+
+    frame: Any
+    outcomes: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.record["status"] in FAILED]
 
 
 def run_experiment(
@@ -51,10 +64,13 @@ def run_experiment(
     out: Path | None = None,
     device: str | None = None,
     force: bool = False,
+    retry_failed: bool = False,
+    keep_foreign: bool = False,
     only: str | None = None,
     launch: Launch | None = None,
     console: Console | None = None,
-) -> Any:
+) -> RunResult:
+    """Run the matrix; cells measured elsewhere are run again unless ``keep_foreign``."""
     console = console or Console()
     launch = launch or Launch()
     exp = load_experiment(path)
@@ -88,15 +104,36 @@ def run_experiment(
             progress.console.print(cell_line(outcome), highlight=False)
             progress.advance(task)
 
-        outcomes = launch.run(cells, out_dir, force=force, on_start=on_start, on_done=on_done)
+        policy = ReusePolicy(force, retry_failed, keep_foreign)
+        outcomes = launch.run(cells, out_dir, policy, on_start=on_start, on_done=on_done)
     frame = collect(out_dir, cells)
     console.print(summary_table(frame, exp.name))
+    result = RunResult(frame, outcomes)
+    _print_totals(console, result, out_dir)
+    return result
+
+
+def _print_totals(console: Console, result: RunResult, out_dir: Path) -> None:
+    outcomes = result.outcomes
     reused = sum(o.reused for o in outcomes)
     console.print(
         f"{len(outcomes) - reused} cells run, {reused} reused from earlier runs. "
         f"Results: {out_dir / 'results.parquet'} and {out_dir / 'results.csv'}"
     )
-    return frame
+    foreign = [o for o in outcomes if o.foreign]
+    if foreign:
+        console.print(
+            f"[yellow]{len(foreign)} reused cells were measured in another environment "
+            f"(--keep-foreign): {', '.join(o.cell.id for o in foreign)}; "
+            f"first difference: {foreign[0].foreign[0]}[/]",
+            highlight=False,
+        )
+    if result.failed:
+        console.print(
+            f"[red]{len(result.failed)} cells ended error, oom or timeout "
+            f"(exit code {EXIT_FAILED_CELLS}); rerun only them with --retry-failed[/]",
+            highlight=False,
+        )
 
 
 def _default_out(name: str) -> Path:

@@ -1,8 +1,15 @@
-"""The environment a number was measured in; recorded on every result row."""
+"""The environment a number was measured in; recorded on every result row.
+
+``fingerprint`` is the part of it that decides whether a stored result may stand for a
+measurement on this machine: the hardware kind and the software that computed it, nothing
+volatile (no time, no free memory, no thread count a launcher chooses).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -83,6 +90,7 @@ def collect(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "memory_total_bytes": total_memory_bytes(),
         "git_sha": git_sha(),
+        "harness_code": code_hash(),
     }
     if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -103,3 +111,48 @@ def _nvidia_driver() -> str | None:
         return pynvml.nvmlSystemGetDriverVersion()
     except Exception:
         return None
+
+
+@lru_cache(maxsize=1)
+def code_hash() -> str:
+    """SHA-256 (16 hex) of the harness package sources: the code version without git.
+
+    Unlike ``git_sha`` it ignores documentation, tests and results, so a commit that touches
+    only those does not make stored measurements look foreign.
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+HARDWARE_KEYS = ("device", "device_name", "cpu", "cpu_count", "compute_capability", "driver")
+SOFTWARE_KEYS = ("python", "cuda", "harness_code", *(f"{lib}_version" for lib in LIBRARIES))
+
+
+def fingerprint(env: dict[str, Any], *, hardware: bool = True) -> dict[str, Any]:
+    """The keys of ``env`` that must match for two measurements to count as one environment.
+
+    ``hardware=False`` compares software only (a Ray cluster picks the node per cell; each
+    record still names its node). Keys absent from ``env`` stay ``None``, so an old record
+    without ``harness_code`` never matches.
+    """
+    keys = (*HARDWARE_KEYS, *SOFTWARE_KEYS) if hardware else SOFTWARE_KEYS
+    return {key: env.get(key) for key in keys}
+
+
+def fingerprint_id(fp: dict[str, Any]) -> str:
+    """Short stable name of a fingerprint (12 hex), used for directories and table columns."""
+    blob = json.dumps(fp, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: stored != current`` for each fingerprint key that differs, for messages."""
+    return [
+        f"{key} {stored.get(key)!r} (here {current.get(key)!r})"
+        for key in current
+        if stored.get(key) != current.get(key)
+    ]

@@ -7,10 +7,10 @@ seed, item by item, so the shared difficulty of each window or question cancels.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from harness.results_dir import ResultsDir
 from harness.stats import paired_bootstrap
 
 BASELINE = "fp32"
@@ -25,13 +25,8 @@ def _samples(record: dict[str, Any]) -> dict[str, list[float]]:
 
 
 def _records(results_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted((results_dir / "cells").glob("*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # a damaged record is reported elsewhere; it has no samples to pair
-    return out
+    # a damaged record is reported elsewhere; it has no samples to pair
+    return ResultsDir(results_dir).records()
 
 
 def _key(record: dict[str, Any]) -> tuple[str, str, int]:

@@ -1,7 +1,7 @@
 """Run a matrix on a Ray cluster: the same cells, each a Ray task, when one machine is not enough.
 
 Each task runs its cell exactly as the local runner does, in a fresh interpreter with a
-timeout (``local.execute_cell``) on whichever node Ray picks, and sends the record and the
+timeout (``isolation.execute_cell``) on whichever node Ray picks, and sends the record and the
 log back; the driver stores them under the results directory, so nodes need no shared
 file system. A CUDA cell reserves one GPU (Ray sets ``CUDA_VISIBLE_DEVICES``), a CPU cell
 ``cpus_per_cell`` cores, and its torch runs that many threads: cells sharing a node do not
@@ -14,6 +14,7 @@ recorded per row, so a mismatch shows in the results). Ray is an optional depend
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -22,8 +23,11 @@ from typing import Any
 
 from harness.config import Cell
 from harness.errors import HarnessError
-from harness.results import make_record, read_record, stored_status, write_record
-from harness.runner.local import CellOutcome, execute_cell
+from harness.measure.env import collect as collect_env
+from harness.results import make_record
+from harness.results_dir import ResultsDir, ReusePolicy
+from harness.runner.isolation import execute_cell
+from harness.runner.matrix import CellOutcome, reuse_stored, run_cells
 
 FORWARDED_ENV_PREFIXES = ("HARNESS_", "HF_", "TRANSFORMERS_", "TRITON_")
 """Environment variables the driver passes on to cells on other processes and nodes."""
@@ -34,12 +38,38 @@ def run_matrix_ray(
     out_dir: Path,
     *,
     force: bool = False,
+    retry_failed: bool = False,
+    keep_foreign: bool = False,
     address: str | None = None,
     cpus_per_cell: int = 1,
     on_start: Callable[[Cell], None] | None = None,
     on_done: Callable[[CellOutcome], None] | None = None,
 ) -> list[CellOutcome]:
-    """Like ``local.run_matrix``, with the cells run concurrently as Ray tasks.
+    """Like ``local.run_matrix``, with the cells run concurrently as Ray tasks."""
+    policy = ReusePolicy(force, retry_failed, keep_foreign, hardware=False)
+    return run_cells(
+        "ray",
+        list(cells),
+        out_dir,
+        policy,
+        address=address,
+        cpus_per_cell=cpus_per_cell,
+        on_start=on_start,
+        on_done=on_done,
+    )
+
+
+def run_ray(
+    cells: list[Cell],
+    results: ResultsDir,
+    policy: ReusePolicy,
+    *,
+    address: str | None = None,
+    cpus_per_cell: int = 1,
+    on_start: Callable[[Cell], None] | None = None,
+    on_done: Callable[[CellOutcome], None] | None = None,
+) -> list[CellOutcome]:
+    """The ``ray`` launcher. Stored results are compared by software only: Ray picks the node.
 
     ``address``: an existing cluster (``auto``, ``ray://host:10001``, ...); ``None`` joins
     the cluster this process is already connected to, or starts one on this machine.
@@ -47,22 +77,12 @@ def run_matrix_ray(
     if cpus_per_cell < 1:
         raise HarnessError(f"cpus per cell must be at least 1, got {cpus_per_cell}")
     ray = _import_ray()
-    cells = list(cells)
-    done: dict[str, CellOutcome] = {}
-    todo = []
-    for cell in cells:
-        if not force and stored_status(out_dir, cell) is not None:
-            done[cell.id] = CellOutcome(
-                cell, read_record(out_dir / "cells" / f"{cell.id}.json"), True
-            )
-            if on_done:
-                on_done(done[cell.id])
-        else:
-            todo.append(cell)
+    policy = ReusePolicy(policy.force, policy.retry_failed, policy.keep_foreign, hardware=False)
+    done, todo = reuse_stored(cells, results, policy, on_done)
     if todo:
         started_here = _connect(ray, address)
         try:
-            for outcome in _run_tasks(ray, todo, out_dir, cpus_per_cell, on_start):
+            for outcome in _run_tasks(ray, todo, results, cpus_per_cell, on_start):
                 done[outcome.cell.id] = outcome
                 if on_done:
                     on_done(outcome)
@@ -96,11 +116,15 @@ def _connect(ray: Any, address: str | None) -> bool:
 def _run_tasks(
     ray: Any,
     cells: list[Cell],
-    out_dir: Path,
+    results: ResultsDir,
     cpus_per_cell: int,
     on_start: Callable[[Cell], None] | None,
 ):
-    """Submit every cell, then yield outcomes as tasks finish (stored before they are yielded)."""
+    """Submit every cell, then yield outcomes as tasks finish (stored before they are yielded).
+
+    On an interrupt every unfinished task is cancelled with ``force``: Ray kills its worker
+    process, and the cell process under it ends itself when its parent dies.
+    """
     remote = ray.remote(_run_on_node)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
     pending = {}
@@ -114,18 +138,27 @@ def _run_tasks(
         pending[remote.options(**options).remote(cell.model_dump_json())] = cell
         if on_start:
             on_start(cell)
-    while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        cell = pending.pop(ref)
-        try:
-            record, log_text = ray.get(ref)
-        except Exception as exc:  # the task itself failed: node lost, worker killed, ...
-            record, log_text = _lost_record(cell, exc), ""
-        log_path = out_dir / "logs" / f"{cell.id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(log_text)
-        write_record(out_dir, cell, record)
-        yield CellOutcome(cell, record, False)
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ref)
+            try:
+                record, log_text = ray.get(ref)
+            except Exception as exc:  # the task itself failed: node lost, worker killed, ...
+                record, log_text = _lost_record(cell, exc), ""
+            results.write_log(cell, log_text)
+            results.write(cell, record)
+            yield CellOutcome(cell, record, False)
+    except BaseException:
+        cancel_all(ray, list(pending))
+        raise
+
+
+def cancel_all(ray: Any, refs: list[Any]) -> None:
+    """Force-cancel unfinished tasks; one that already finished or vanished is no error."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
 
 
 def _run_on_node(cell_json: str) -> tuple[dict[str, Any], str]:
@@ -152,4 +185,6 @@ def _node_ip() -> str | None:
 def _lost_record(cell: Cell, exc: BaseException) -> dict[str, Any]:
     message = str(exc).strip().splitlines()
     detail = message[-1] if message else type(exc).__name__
-    return make_record(cell, "error", [], error=f"Ray task failed: {type(exc).__name__}: {detail}")
+    # the driver's environment: the node that ran the task is unknown
+    error = f"Ray task failed: {type(exc).__name__}: {detail}"
+    return make_record(cell, "error", [], error=error, env=collect_env(cell.device))

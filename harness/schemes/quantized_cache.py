@@ -4,11 +4,17 @@ Calibrating GPTQ / SpQR takes minutes while loading the result takes a second, s
 cell after the first reuses it. The key hashes everything the stored codes depend on:
 
 * the model spec and the identity of its files (``config.json`` content plus name, size and
-  mtime of every weight file; a hub id without local files contributes only its name);
-* the scheme family and its validated options (quantizer and calibration settings);
-* the calibration corpus version, the device type (CPU and CUDA round differently), the
-  torch version, and a hash of the source of ``harness.quant`` (any solver change makes
-  old entries unreachable instead of silently reused; unreachable entries are not deleted).
+  mtime of every weight file, and the content of the tokenizer files; a hub id without local
+  files contributes only its name);
+* the scheme family and its validated options (quantizer and calibration settings: samples,
+  window length, seed, corpus);
+* the calibration text (the hash of the corpus train split, which changes with its split
+  rule), the device type (CPU and CUDA round differently), the torch and transformers
+  versions;
+* a hash of the code the codes depend on: ``harness.quant`` (the solvers) and
+  ``CALIBRATION_MODULES`` (layer selection and calibration batches, the corpus split rule,
+  tokenization, model loading). Any change there makes old entries unreachable instead of
+  silently reused; unreachable entries are not deleted.
 
 An entry is ``<cache_dir>/quantized/<key>/`` holding ``model.safetensors``
 (:func:`harness.quant.save_quantized`) and ``meta.json``. It is written into a temporary
@@ -37,6 +43,17 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 _NOT_ALGORITHM = frozenset({"__init__.py", "export.py"})
+_TOKENIZER_FILES = frozenset(
+    {"vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
+)
+CALIBRATION_MODULES = (
+    "harness/schemes/gptq.py",
+    "harness/schemes/gptq_options.py",
+    "harness/data/corpus.py",
+    "harness/data/tokens.py",
+    "harness/models.py",
+)
+"""Sources outside ``harness.quant`` that decide which weights are calibrated on what text."""
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +73,32 @@ def quant_code_hash() -> str:
     return digest.hexdigest()
 
 
+def calibration_files() -> list[Path]:
+    """The files of ``CALIBRATION_MODULES`` in this installation."""
+    import harness
+
+    root = Path(harness.__file__).resolve().parent.parent
+    return [root / name for name in CALIBRATION_MODULES]
+
+
+@lru_cache(maxsize=1)
+def calibration_code_hash() -> str:
+    """SHA-256 of the calibration and layer-selection sources (see ``CALIBRATION_MODULES``)."""
+    digest = hashlib.sha256()
+    for path in calibration_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name.startswith("tokenizer") or name in _TOKENIZER_FILES or name.endswith(".tiktoken")
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def model_identity(source: ModelSource) -> dict[str, Any]:
     """What identifies the model's weights without hashing gigabytes of them."""
     path = Path(source.path)
@@ -67,13 +110,25 @@ def model_identity(source: ModelSource) -> dict[str, Any]:
         for p in sorted(path.iterdir())
         if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
     ]
-    config_hash = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
-    return {"spec": source.spec, "kind": source.kind, "config": config_hash, "files": files}
+    tokenizer = {
+        p.name: _file_hash(p)
+        for p in sorted(path.iterdir())
+        if p.is_file() and _is_tokenizer_file(p.name)
+    }
+    config_hash = _file_hash(config) if config.is_file() else None
+    return {
+        "spec": source.spec,
+        "kind": source.kind,
+        "config": config_hash,
+        "files": files,
+        "tokenizer": tokenizer,
+    }
 
 
 def cache_key(source: ModelSource, family: str, options: dict[str, Any], device: str) -> str:
     """Hex key of one calibrated model (see the module docstring for what goes in)."""
     import torch
+    import transformers
 
     from harness.data.tokens import corpus_info
 
@@ -85,7 +140,9 @@ def cache_key(source: ModelSource, family: str, options: dict[str, Any], device:
         "corpus": corpus_info(corpus, "train").sha256 if corpus else None,
         "device": device.split(":")[0],
         "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
         "quant_code": quant_code_hash(),
+        "calibration_code": calibration_code_hash(),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]

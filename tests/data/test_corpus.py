@@ -1,26 +1,72 @@
-"""The builtin corpus: stable hash, disjoint splits, documents are whole topics."""
+"""The builtin corpus: no text shared between splits, whole test topics, rule and hash named."""
 
 from __future__ import annotations
 
-from harness.data.corpus import SEPARATOR, builtin_corpus, builtin_documents
+import hashlib
+
+from harness.data.corpus import (
+    SEPARATOR,
+    SPLIT_RULE,
+    builtin_corpus,
+    builtin_documents,
+    remove_shared,
+    spans,
+    topic_groups,
+)
 from harness.data.rolling_task import rolling_documents
 
 
-def test_splits_are_disjoint_halves_with_one_hash() -> None:
+def _shared_positions(test: str, train: str, width: int) -> int:
+    seen = spans(test, width)
+    return sum(train[i : i + width] in seen for i in range(len(train) - width + 1))
+
+
+def test_no_64_character_span_of_test_occurs_in_train() -> None:
+    test, train = builtin_corpus("test").text, builtin_corpus("train").text
+    assert _shared_positions(test, train, 64) == 0
+    assert not spans(test, 64) & spans(train, 64)
+
+
+def test_a_plain_half_cut_would_leak_which_is_why_the_rule_exists() -> None:
+    from pydoc_data.topics import topics
+
+    texts = [topics[k].strip() for k in sorted(topics)]
+    half = len(texts) // 2
+    test, train = SEPARATOR.join(texts[:half]), SEPARATOR.join(texts[half:])
+    assert _shared_positions(test, train, 64) > 1000
+
+
+def test_splits_keep_enough_text_and_one_rule_names_them() -> None:
     test, train = builtin_corpus("test"), builtin_corpus("train")
-    assert test.sha256 == train.sha256
     assert 0.4 < len(test.text) / (len(test.text) + len(train.text)) < 0.6
-    assert not set(builtin_documents("test")) & set(builtin_documents("train"))
+    assert SPLIT_RULE in test.name and test.name == train.name
+    assert test.sha256 == hashlib.sha256(test.text.encode()).hexdigest() != train.sha256
 
 
-def test_documents_are_whole_topics() -> None:
+def test_related_topics_stay_in_one_group() -> None:
+    from pydoc_data.topics import topics
+
+    groups = topic_groups({k: topics[k].strip() for k in sorted(topics)})
+    together = [{"compound", "if", "while", "with"}, {"specialnames", "customization"}]
+    assert all(any(t <= set(g) for g in groups) for t in together)
+    assert sum(map(len, groups)) == len(topics)
+
+
+def test_remove_shared_cuts_exactly_the_shared_spans() -> None:
+    shared = "x" * 70
+    train = ["a" * 80 + shared + "b" * 80]
+    (left, right) = remove_shared(train, spans("zz" + shared + "zz"))
+    assert left == "a" * 80 and right == "b" * 80
+
+
+def test_test_documents_are_whole_topics() -> None:
     from pydoc_data.topics import topics
 
     docs = rolling_documents()
     assert SEPARATOR.join(docs) == builtin_corpus("test").text
     whole = {t.strip() for t in topics.values()}
     assert all(d in whole for d in docs)
-    assert len(docs) + len(builtin_documents("train")) == len(topics)
+    assert not set(docs) & set(builtin_documents("train"))
 
 
 def test_hub_corpus_offline_is_a_skipped_row(monkeypatch, tiny_source) -> None:

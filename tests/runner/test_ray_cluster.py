@@ -101,3 +101,25 @@ def test_a_lost_task_becomes_an_error_record(cells) -> None:
     record = _lost_record(cells[0], RuntimeError("traceback ...\nWorkerCrashedError: node lost"))
     assert record["status"] == "error" and record["rows"] == []
     assert record["error"] == "Ray task failed: RuntimeError: WorkerCrashedError: node lost"
+
+
+def test_an_interrupt_force_cancels_every_unfinished_task(tmp_path, cells) -> None:
+    from types import SimpleNamespace
+
+    from harness.results_dir import ResultsDir
+    from harness.runner.ray_cluster import _run_tasks
+
+    cancelled = []
+
+    def wait(refs, num_returns):
+        raise KeyboardInterrupt
+
+    task = SimpleNamespace(remote=lambda cell_json: f"ref-{len(cell_json)}-{id(cell_json)}")
+    fake = SimpleNamespace(
+        remote=lambda fn: SimpleNamespace(options=lambda **kw: task),
+        wait=wait,
+        cancel=lambda ref, force: cancelled.append((ref, force)),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        list(_run_tasks(fake, cells, ResultsDir(tmp_path), 1, None))
+    assert len(cancelled) == len(cells) and all(force for _, force in cancelled)
