@@ -55,13 +55,30 @@ def test_training_and_cache_terms_follow_their_formulas() -> None:
     lora = mm.predict(shape, "nf4-dq", adapter="lora-r8", work=work)
     per_layer = 8 * (4096 + 4096) * 4 + 8 * (4096 + 11008) * 3  # q,k,v,o + gate,up,down
     assert lora.trainable_params == 32 * per_layer
-    assert lora.optimizer_state == 8 * lora.trainable_params
-    assert lora.kv_cache == 2 * 32 * 4096 * 1000 * 2 * 4  # float32 activations for bnb
-    assert lora.activations_checkpointed < lora.activations
+    # AdamW: two fp32 moments per LoRA weight and a 4-byte step for each of A and B
+    assert lora.optimizer_state == 8 * lora.trainable_params + 4 * 2 * 7 * 32
+    assert lora.gradients == lora.adapters == 4 * lora.trainable_params
+    assert lora.kv_cache == 2 * 32 * 4096 * 999 * 2 * 4  # 999 cached positions, fp32 on CPU
+    ckpt = mm.predict(shape, "nf4-dq", adapter="lora-r8",
+                      work=mm.Workload(train_batch=1, train_seq=512, checkpointing=True))
+    assert 0 < ckpt.activations_checkpointed < lora.activations / 10
     full = mm.predict(shape, "bf16", adapter="full", work=work)
-    assert full.gradients == 2 * shape.params and full.optimizer_state == 8 * shape.params
+    tensors = len(shape.param_tensors)
+    # bf16 AdamW keeps bf16 moments: 4 B per parameter, not 8
+    assert full.gradients == 2 * shape.params
+    assert full.optimizer_state == 4 * shape.params + 4 * tensors
     assert full.training_peak > lora.training_peak
     assert mm.predict(shape, "fp16").training_peak == 0  # no training without an adapter
+
+
+def test_optimizer_state_per_implementation() -> None:
+    tensors = [(8192, 4), (100, 4)]  # one tensor large enough for 8-bit state, one not
+    assert mm.optimizer_bytes(tensors, "adamw") == 2 * 4 * 8292 + 8
+    assert mm.optimizer_bytes(tensors, "paged_adamw_32bit") == 8 * 8292
+    assert mm.optimizer_bytes(tensors, "paged_adamw_8bit") == (
+        2 * 8192 + 8 * 32 + 8 * 100 + 2 * 256 * 4)
+    bf16 = [(8192, 2)]
+    assert mm.optimizer_bytes(bf16, "adamw") == 2 * 2 * 8192 + 4
 
 
 def test_unknown_model_is_a_clear_error() -> None:

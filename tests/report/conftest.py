@@ -58,7 +58,7 @@ def inference_rows(cell: dict, precision: str, speed: float = 1.0) -> list[dict]
                               ("decode_bandwidth_gb_per_s", decode * speed * 0.1, "GB/s")):
         for stat, f in (("median", 1.0), ("p10", 0.9), ("p90", 1.07)):
             rows.append(_row(cell, "inference", metric, med * f, unit, stat))
-    rows.append(_row(cell, "inference", "decode_peak_rss_bytes", 9e8, "bytes"))
+    rows.append(_row(cell, "inference", "decode_peak_bytes", 9e8, "bytes"))
     rows.append(_row(cell, "perplexity", "perplexity", ppl, "ppl"))
     return rows
 
