@@ -78,7 +78,7 @@ class Int4Layout:
     scales_zeros: Tensor  # [kernel_cols / group, rows, 2] in KERNEL_DTYPE
     group: int  # kernel group size
     stored_group: int
-    stored_width: int  # n_groups * stored_group (x padded to this)
+    stored_width: int  # x is zero-padded to this width (stored order) before the kernel
     spread: bool  # each stored group occupies one kernel group of ``group`` columns
     shift: int  # added to every code (codes narrower than 4 bits sit mid-container)
 
@@ -89,8 +89,11 @@ class Int4Layout:
         if qw.bits > 4:
             return None
         splits = [g for g in INT4_GROUPS if gs % g == 0]
+        # a kernel group that also divides the width needs no zero padding (g128 on 576 inputs
+        # runs as g64 with each scale and zero repeated: fewer bytes than padding to 640)
+        exact = [g for g in splits if qw.shape[1] % g == 0]
         if splits:
-            group, spread = splits[0], False
+            group, spread = (exact or splits)[0], False
         elif gs < INT4_GROUPS[0]:  # smallest kernel group that holds one stored group
             group, spread = next(g for g in reversed(INT4_GROUPS) if g >= gs), True
         else:
@@ -101,16 +104,19 @@ class Int4Layout:
         codes = _padded_codes(qw).to(torch.int32) + shift
         scale, zero = qw.scale_values(), qw.zero_values()  # [n_groups, rows]
         shifted = scale * (8.0 - shift - zero)
+        sz = torch.stack([scale, shifted], dim=-1)
         if spread:
             codes = codes.view(qw.shape[0], n_groups, gs)
             codes = torch.nn.functional.pad(codes, (0, group - gs)).reshape(qw.shape[0], -1)
-            repeat = 1
-        else:
-            repeat = gs // group
-        sz = torch.stack([scale, shifted], dim=-1).repeat_interleave(repeat, dim=0)
+            width = n_groups * gs
+        else:  # kernel groups cover the columns, the last one zero-padded if it must be
+            kernel_groups = -(-qw.shape[1] // group)
+            width = kernel_groups * group
+            codes = codes[:, :width]
+            sz = sz.repeat_interleave(gs // group, dim=0)[:kernel_groups]
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
         sz = sz.to(KERNEL_DTYPE).contiguous()
-        return cls(packed, sz, group, gs, n_groups * gs, spread, shift)
+        return cls(packed, sz, group, gs, width, spread, shift)
 
     @property
     def name(self) -> str:

@@ -95,3 +95,15 @@ def test_backward_recomputes_the_weight(layer, monkeypatch, kernel):
     (x_ref @ qw.dequantize().t()).square().sum().backward()
     tol = 1e-5 if kernel == "torch" else 2e-2
     assert torch.allclose(x.grad, x_ref.grad, rtol=tol, atol=tol * float(x_ref.grad.abs().max()))
+
+
+def test_g128_on_a_width_it_does_not_divide_runs_as_exact_g64():
+    # the builtin model's 576-wide inputs: g128 does not divide them, g64 does
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(64, 192, generator=gen), torch.randn(3, 192, generator=gen)
+    qw = rtn_quantize(w, 4, 128)
+    packed = PackedLinear.build(qw)
+    assert "(g64" in packed.name
+    # no padded columns: 4-bit codes of 192 columns, bf16 scale + zero for 3 groups of 64
+    assert packed.nbytes() == 64 * 192 // 2 + 3 * 64 * 2 * 2
+    assert _rel_error(packed.matmul(x), x, qw) < 1e-2
