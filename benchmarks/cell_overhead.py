@@ -31,6 +31,7 @@ def _experiment(path: Path, name: str, model: str, precision: str, seeds: int) -
         f"name: {name}\nmodels: [{model}]\nprecisions: [{precision}]\nadapters: [none]\n"
         f"seeds: {list(range(seeds))}\ndevice: cpu\n"
         "workloads:\n  footprint: {}\n  inference: {enabled: false}\n"
+        "  perplexity: {enabled: false}\n"
     )
     return expand(load_experiment(path))
 
