@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,8 +42,9 @@ INT4_GROUPS = (256, 128, 64, 32)
 KERNEL_DTYPE = torch.bfloat16
 
 
+@lru_cache(maxsize=1)
 def packed_ops_available() -> bool:
-    """True when this torch build has the packed CPU kernels."""
+    """True when this torch build has the packed CPU kernels (asked on every forward)."""
     ops = torch.ops.aten
     return all(
         hasattr(ops, name)

@@ -382,8 +382,10 @@ class QuantLinear(nn.Module):
             for n, b in self._buffers.items()
             if n != "bias" and b is not None and b.is_floating_point()
         }
+        device = self.codes.device
         super()._apply(fn, recurse)
-        self._packed, self._packed_tried = None, False  # rebuilt for the new device on use
+        if self.codes.device != device:  # the runtime layout is rebuilt for the new device
+            self._packed, self._packed_tried = None, False
         for name, old in kept.items():
             new = self._buffers[name]
             if new is not None and new.dtype != old.dtype:

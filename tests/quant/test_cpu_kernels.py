@@ -107,3 +107,12 @@ def test_g128_on_a_width_it_does_not_divide_runs_as_exact_g64():
     # no padded columns: 4-bit codes of 192 columns, bf16 scale + zero for 3 groups of 64
     assert packed.nbytes() == 64 * 192 // 2 + 3 * 64 * 2 * 2
     assert _rel_error(packed.matmul(x), x, qw) < 1e-2
+
+
+def test_runtime_layout_survives_dtype_casts_and_is_built_once(layer, monkeypatch):
+    monkeypatch.setenv(KERNEL_ENV, "packed")
+    module = QuantLinear(rtn_quantize(layer.weight, 4, 64))
+    built = module.prepare_packed()
+    module.to(torch.bfloat16)
+    module(layer.x[:2].to(torch.bfloat16))
+    assert module.prepare_packed() is built
