@@ -116,3 +116,20 @@ def test_runtime_layout_survives_dtype_casts_and_is_built_once(layer, monkeypatc
     module.to(torch.bfloat16)
     module(layer.x[:2].to(torch.bfloat16))
     assert module.prepare_packed() is built
+
+
+def test_lora_on_a_quantized_layer_saves_no_dense_weight(layer, monkeypatch):
+    from harness.adapters import LoraQuantLinear
+
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    qw = gptq_quantize(layer.weight, layer.hessian, 4, 64, act_order=True)
+    lora = LoraQuantLinear(QuantLinear(qw), r=4, alpha=8.0, dropout=0.0)
+    x = layer.x[:4].clone().requires_grad_()  # input of a layer that is not the first
+    meter = SavedTensorMeter(lora)
+    with meter.measure():
+        y = lora(x)
+    meter.add_graph(y)
+    dense = 128 * 200 * 4
+    assert meter.bytes < dense // 4
+    y.sum().backward()
+    assert lora.lora_A.weight.grad is not None and x.grad.shape == x.shape
