@@ -1,15 +1,16 @@
-"""QuantLinear forward: fused Triton kernel vs dequantize + matmul vs a dense matmul.
+"""QuantLinear forward: packed CPU kernels / fused Triton kernel vs dequantize + matmul vs dense.
 
 For each layer shape, scheme and number of input rows (1 = one decode step, larger =
 prefill), times in one process, on the same weights:
 
 * ``dense``: ``F.linear`` with the unquantized weight in the input dtype;
 * ``torch``: the portable path (rebuild the dense weight, then matmul);
+* ``packed``: torch's packed int4/int8 CPU kernels (CPU only, ``cpu_kernels.py``);
 * ``triton``: the fused kernel (CUDA only).
 
-and prints the ratios ``torch / triton`` (speed-up of fusing) and ``triton / dense`` (cost
-of reading quantized weights instead of dense ones) plus the bandwidth the fused kernel
-achieves on the stored bytes. On a machine without CUDA only ``dense`` and ``torch`` run.
+and prints the ratios ``dense / packed`` (speed-up over the dense layer on CPU),
+``torch / triton`` (speed-up of fusing) and ``triton / dense`` (cost of reading quantized
+weights instead of dense ones) plus the bandwidth the fused kernel achieves on the stored bytes.
 
     .venv/bin/python benchmarks/quant_matmul.py [--out results.json] [--repeats 20]
 """
@@ -26,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from harness.measure.env import cpu_name
 from harness.quant import QuantLinear
 from harness.quant.gptq import Hessian
 from harness.quant.grid import rtn_quantize
@@ -42,8 +44,8 @@ SHAPES = {
 def build(kind: str, rows: int, cols: int, device: str) -> QuantizedWeight:
     gen = torch.Generator().manual_seed(0)
     w = 0.02 * torch.randn(rows, cols, generator=gen)
-    if kind == "rtn-w4g128":
-        return rtn_quantize(w.to(device), 4, 128)
+    if kind.startswith("rtn-"):
+        return rtn_quantize(w.to(device), int(kind[5]), 128)
     h = Hessian(cols)
     h.add_batch(torch.randn(4 * cols, cols, generator=gen).to(device))
     return spqr_quantize(w.to(device), h, 3, outlier_threshold=0.2)
@@ -90,6 +92,10 @@ def measure(shape_name: str, kind: str, tokens: int, device: str, repeats: int) 
         out["triton_over_dense"] = out["triton_s"] / out["dense_s"]
         stored = sum(qw.stored_bytes().values())
         out["triton_GBps_on_stored_bytes"] = stored / out["triton_s"] / 1e9
+    else:
+        out["packed_s"] = timed(forward_with("packed", module, x), device, repeats)
+        out["dense_over_packed"] = out["dense_s"] / out["packed_s"]
+        out["packed_runtime_bytes"] = module.runtime_bytes("cpu")
     out["torch_over_dense"] = out["torch_s"] / out["dense_s"]
     return out
 
@@ -101,16 +107,17 @@ def main() -> None:
     parser.add_argument("--out", help="write the measurements as JSON here")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shapes = list(SHAPES) if device == "cuda" else list(SHAPES)[:1]
+    shapes = list(SHAPES) if device == "cuda" else list(SHAPES)[:2]
+    print(f"cpu: {cpu_name()}; torch threads: {torch.get_num_threads()}")
     results = []
     for shape in shapes:
-        for kind in ("rtn-w4g128", "spqr-w3"):
+        for kind in ("rtn-w4g128", "spqr-w3", "rtn-w8g128"):
             for tokens in args.tokens:
                 row = measure(shape, kind, tokens, device, args.repeats)
                 results.append(row)
                 print(json.dumps({k: round(v, 6) if isinstance(v, float) else v
                                   for k, v in row.items()}))  # fmt: skip
-    env = {"device": device, "torch": torch.__version__}
+    env = {"device": device, "torch": torch.__version__, "cpu": cpu_name()}
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     if args.out:

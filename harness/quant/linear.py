@@ -222,19 +222,21 @@ def measured_bits(qw: QuantizedWeight) -> float:
 
 
 KERNEL_ENV = "HARNESS_QUANT_KERNEL"
-KERNELS = ("auto", "torch", "triton")
+KERNELS = ("auto", "torch", "packed", "triton")
 
 
 def matmul_kernel(x: Tensor) -> str:
     """Which forward path a :class:`QuantLinear` takes for input ``x``.
 
-    ``auto`` (default): the fused Triton kernel for CUDA inputs when triton is installed,
-    else dequantize + matmul in torch. ``HARNESS_QUANT_KERNEL=torch|triton`` forces one
+    ``auto`` (default): the fused Triton kernel for CUDA inputs when triton is installed, torch's
+    packed CPU kernels (``cpu_kernels.py``) for CPU inputs when this torch build has them, else
+    dequantize + matmul in torch. ``HARNESS_QUANT_KERNEL=torch|packed|triton`` forces one
     (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``: a correctness check, slow).
     """
     choice = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
     if choice not in KERNELS:
         raise ValueError(f"{KERNEL_ENV}={choice!r} is not one of {', '.join(KERNELS)}")
+    from harness.quant.cpu_kernels import packed_ops_available
     from harness.quant.triton_linear import triton_available
 
     if choice == "triton":
@@ -245,19 +247,51 @@ def matmul_kernel(x: Tensor) -> str:
                 f"{KERNEL_ENV}=triton on a {x.device.type} tensor needs a CUDA device, "
                 "or TRITON_INTERPRET=1 (set before triton is imported) to interpret it"
             )
+    if choice == "packed" and (x.device.type != "cpu" or not packed_ops_available()):
+        raise ValueError(
+            f"{KERNEL_ENV}=packed needs CPU tensors and a torch build with the packed int4/int8 "
+            f"CPU kernels (input on {x.device.type}, torch {torch.__version__})"
+        )
     if choice != "auto":
         return choice
-    return "triton" if x.is_cuda and triton_available() else "torch"
+    if x.is_cuda:
+        return "triton" if triton_available() else "torch"
+    return "packed" if x.device.type == "cpu" and packed_ops_available() else "torch"
+
+
+TORCH_PATH = "torch: dense weight rebuilt per forward, then matmul"
+TRITON_PATH = "Triton kernel, dequantization fused into the matmul"
+
+
+class _RecomputeWeight(torch.autograd.Function):
+    """Matmul whose backward rebuilds the weight instead of keeping it.
+
+    Autograd would otherwise save the dense weight each forward rebuilds, so a LoRA on quantized
+    layers would hold a dense copy of the model for backward. The weight is frozen (a buffer), so
+    only the input gradient is needed.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, module: QuantLinear, kernel: str) -> Tensor:
+        ctx.module = module
+        return module._matmul(x, kernel)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        weight = ctx.module.quantized_weight().dequantize(dtype=grad.dtype)
+        return grad @ weight, None, None
 
 
 class QuantLinear(nn.Module):
     """``nn.Linear`` replacement holding only the quantized format as buffers.
 
     On CUDA the forward runs a Triton kernel that dequantizes tile by tile inside the
-    matmul (``triton_linear.py``); elsewhere the dense weight is rebuilt on every forward
-    and dropped afterwards. Either way the memory saving is real. Float16 buffers keep
-    their dtype when the module is cast (e.g. ``model.to(torch.bfloat16)``), because
-    recasting stored statistics would change them.
+    matmul (``triton_linear.py``); on CPU the codes are converted once into a packed runtime
+    layout for torch's int4/int8 CPU kernels (``cpu_kernels.py``); otherwise the dense weight is
+    rebuilt on every forward and dropped afterwards. The runtime layout is held next to the
+    stored buffers and counted by :meth:`runtime_bytes`. Float16 buffers keep their dtype when
+    the module is cast (e.g. ``model.to(torch.bfloat16)``), because recasting stored statistics
+    would change them. Backward recomputes the weight (:class:`_RecomputeWeight`).
     """
 
     def __init__(self, qw: QuantizedWeight, bias: Tensor | None = None) -> None:
@@ -267,22 +301,62 @@ class QuantLinear(nn.Module):
         for name in TENSOR_FIELDS:
             self.register_buffer(name, getattr(qw, name))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self._packed = None  # PackedLinear, built by prepare_packed()
+        self._packed_tried = False
 
     def quantized_weight(self) -> QuantizedWeight:
         """View of the buffers as a :class:`QuantizedWeight` (no copy)."""
         tensors = {n: getattr(self, n) for n in TENSOR_FIELDS if getattr(self, n) is not None}
         return QuantizedWeight.from_state_dict(tensors, self.qmeta)
 
-    def forward(self, x: Tensor) -> Tensor:
-        qw = self.quantized_weight()
-        if matmul_kernel(x) == "triton":
-            from harness.quant.triton_linear import fused_linear
+    def prepare_packed(self) -> object | None:
+        """Convert to the packed CPU layout once (None when no packed layout fits)."""
+        if not self._packed_tried:
+            from harness.quant.cpu_kernels import PackedLinear
 
-            return fused_linear(x, qw, self.bias)
+            self._packed = PackedLinear.build(self.quantized_weight())
+            self._packed_tried = True
+        return self._packed
+
+    def kernel_name(self, device: torch.device | str) -> str:
+        """The forward path an input on ``device`` takes, named as a cell records it."""
+        kernel = matmul_kernel(torch.empty(0, device=device))
+        if kernel == "triton":
+            return TRITON_PATH
+        packed = self.prepare_packed() if kernel == "packed" else None
+        return TORCH_PATH if packed is None else packed.name
+
+    def runtime_bytes(self, device: torch.device | str) -> int:
+        """Bytes of weights the forward on ``device`` reads: the packed layout when it runs,
+        else the stored tensors (rebuilt into a transient dense weight per call on the torch
+        path, read directly by the Triton kernel)."""
+        kernel = matmul_kernel(torch.empty(0, device=device))
+        packed = self.prepare_packed() if kernel == "packed" else None
+        if packed is not None:
+            return packed.nbytes()
+        return sum(t.numel() * t.element_size() for _, t, _, _ in self.footprint_entries())
+
+    def _matmul(self, x: Tensor, kernel: str) -> Tensor:
+        """``x @ W.T`` without bias through ``kernel`` (``torch`` or ``packed``)."""
+        packed = self.prepare_packed() if kernel == "packed" else None
+        if packed is not None:
+            return packed.matmul(x)
+        qw = self.quantized_weight()
         if qw.perm is not None:
             x = x.index_select(-1, qw.perm.long())
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, qw.dequantize_stored(dtype=x.dtype), bias)
+        return F.linear(x, qw.dequantize_stored(dtype=x.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        kernel = matmul_kernel(x)
+        if kernel == "triton":
+            from harness.quant.triton_linear import fused_linear
+
+            return fused_linear(x, self.quantized_weight(), self.bias)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = _RecomputeWeight.apply(x, self, kernel)
+        else:
+            y = self._matmul(x, kernel)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def footprint_entries(self) -> Iterator[tuple[str, Tensor, str, int]]:
         """``(name, tensor, category, logical params)`` of every stored tensor.
@@ -308,7 +382,10 @@ class QuantLinear(nn.Module):
             for n, b in self._buffers.items()
             if n != "bias" and b is not None and b.is_floating_point()
         }
+        device = self.codes.device
         super()._apply(fn, recurse)
+        if self.codes.device != device:  # the runtime layout is rebuilt for the new device
+            self._packed, self._packed_tried = None, False
         for name, old in kept.items():
             new = self._buffers[name]
             if new is not None and new.dtype != old.dtype:

@@ -51,6 +51,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     from harness import models
     from harness.adapters import attach
+    from harness.budget import adapt as adapt_budget
     from harness.schemes import get_handler
     from harness.workloads import get_runner
 
@@ -100,8 +101,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         rows.append(_failure_row("adapter", exc))
         return record(_cell_status(rows), rows, storage=loaded.storage)
     rows.extend({"workload": "load", **r} for r in baseline_rows(loaded.model, cell.device))
-    for name in cell.workloads.enabled():
-        settings = getattr(cell.workloads, name)
+    names = list(cell.workloads.enabled())
+    budgets, budget_rows = adapt_budget(cell.workloads, names, cell.device, loaded)
+    rows.extend(budget_rows)
+    for name in names:
+        settings = budgets[name]
         try:
             produced = get_runner(name)(loaded, cell, settings)
             rows.extend({"workload": name, **r} for r in produced)

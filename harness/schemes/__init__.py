@@ -131,6 +131,24 @@ _ENTRIES += [
     ),
 ]
 
+# torchao weight quantization through transformers' TorchAoConfig (harness.schemes.torchao).
+_AO = "harness.schemes.torchao:TorchAoScheme"
+_ENTRIES += [
+    SchemeEntry("ao-int8wo", _AO, "torchao int8 weight-only, per-row scales", {"kind": "int8wo"}),
+    SchemeEntry(
+        "ao-int8dq",
+        _AO,
+        "torchao int8 dynamic activations (per token) + int8 weights",
+        {"kind": "int8dq"},
+    ),
+    SchemeEntry(
+        "ao-int4wo-g64",
+        _AO,
+        "torchao int4 weight-only, groups of 64 (CUDA)",
+        {"kind": "int4wo", "group_size": 64},
+    ),
+]
+
 REGISTRY: dict[str, SchemeEntry] = {e.name: e for e in _ENTRIES}
 
 

@@ -146,7 +146,7 @@ class QuantizedScheme(SchemeHandler):
             meta = {"family": self.family, "model": source.spec, "options": options}
             qc.store_entry(key, quantized, {**meta, "build": build})
         rows = self.rows(quantized, opts, build, cache_hit=hit is not None)
-        rows.append(_kernel_row(device))
+        rows += _kernel_rows(model, device)
         notes = {
             "cache_key": key,
             "quantized_layers": len(quantized),
@@ -262,16 +262,33 @@ class _CalibratedScheme(QuantizedScheme):
         )  # fmt: skip
 
 
-def _kernel_row(device: str) -> dict:
-    """Which QuantLinear forward the workloads of this cell run (see quant.linear)."""
-    import torch
+def _kernel_rows(model: Any, device: str) -> list[dict]:
+    """Which QuantLinear matmul the workloads of this cell run, and the bytes its weights occupy
+    while running next to the stored bytes (see quant.linear; packed layouts are built here, at
+    load time, so conversion time is load time)."""
+    from collections import Counter
 
-    from harness.quant.linear import matmul_kernel
+    from harness.quant import QuantLinear
 
-    fused = matmul_kernel(torch.empty(0, device=device)) == "triton"
-    how = (
-        "Triton kernel, dequantization fused into the matmul"
-        if fused
-        else ("torch: dense weight rebuilt per forward, then matmul")
-    )
-    return {"metric": "fused_kernel", "value": float(fused), "unit": "bool", "method": how}
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    names = Counter(m.kernel_name(device) for m in layers)
+    runtime = sum(m.runtime_bytes(device) for m in layers)
+    stored = sum(_stored(m) for m in layers)
+    extra = sum(m.runtime_bytes(device) for m in layers if _packed(m.kernel_name(device)))
+    how = "; ".join(f"{n} layers: {k}" for k, n in sorted(names.items()))
+    share = sum(n for k, n in names.items() if _packed(k)) / max(len(layers), 1)
+    rows = [
+        ("matmul_kernel", share, "fraction", f"quantized layers on a packed kernel; {how}"),
+        ("bytes.runtime_weights", runtime, "bytes", "quantized layers' weights as matmuls read"),
+        ("bytes.stored_weights", stored, "bytes", "quantized layers' stored tensors"),
+        ("bytes.resident_weights", stored + extra, "bytes", "stored tensors + runtime layouts"),
+    ]
+    return [{"metric": m, "value": float(v), "unit": u, "method": h} for m, v, u, h in rows]
+
+
+def _packed(kernel_name: str) -> bool:
+    return kernel_name.startswith("aten.")
+
+
+def _stored(layer: Any) -> int:
+    return sum(t.numel() * t.element_size() for _, t, _, _ in layer.footprint_entries())

@@ -95,15 +95,18 @@ def inventory(model: Any) -> list[Entry]:
     """Every stored tensor of ``model`` once, categorised.
 
     Modules that store quantized weights describe themselves: a ``footprint_entries()`` method
-    (the harness's own QuantLinear) or a known bitsandbytes class.
+    (the harness's own QuantLinear), a known bitsandbytes class, or a torchao tensor-subclass
+    weight (counted by its inner tensors).
     """
-    from harness.workloads import footprint_bnb
+    from harness.workloads import footprint_bnb, footprint_torchao
 
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     seen: set[int] = set()
     entries: list[Entry] = []
     for mod_name, module in model.named_modules():
         special = _special_entries(mod_name, module, footprint_bnb)
+        if special is None:
+            special = footprint_torchao.entries(mod_name, module)
         if special is not None:
             tensors = special
         else:

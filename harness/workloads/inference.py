@@ -1,10 +1,13 @@
 """Prefill and decode throughput, the bandwidth decode achieves, and each phase's peak memory.
 
-Prefill: one forward pass over ``batch_size x prompt_len`` corpus tokens (building the KV cache,
-as serving does). Decode: greedy ``generate`` of exactly ``new_tokens`` tokens
-(``min_new_tokens == max_new_tokens``); its first token comes from a prefill, so decode tokens/s
-is ``batch x (new_tokens - 1) / (generate time - median prefill time)``. Bandwidth achieved is
-the stored weight bytes read once per decode step.
+Both phases are timed through the same greedy ``generate`` a user calls, so they compute the
+same logits (``generate`` computes them at the last position only; a standalone forward would
+compute all positions and overstate prefill time). Prefill: ``generate`` of one new token over
+``batch_size x prompt_len`` corpus tokens (the prefill forward plus choosing the first token).
+Decode: ``generate`` of exactly ``new_tokens`` tokens (``min_new_tokens == max_new_tokens``),
+minus the median prefill time, so decode tokens/s is
+``batch x (new_tokens - 1) / (generate time - median prefill time)``. Bandwidth achieved is the
+stored weight bytes read once per decode step.
 """
 
 from __future__ import annotations
@@ -35,19 +38,22 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id
     n_new = settings.new_tokens
 
-    def prefill() -> None:
-        model(input_ids=prompts, attention_mask=mask, use_cache=True)
-
-    def decode() -> None:
+    def generate(n: int) -> None:
         out = model.generate(
             input_ids=prompts,
             attention_mask=mask,
-            max_new_tokens=n_new,
-            min_new_tokens=n_new,
+            max_new_tokens=n,
+            min_new_tokens=n,
             do_sample=False,
             pad_token_id=pad,
         )
-        assert out.shape[1] == prompts.shape[1] + n_new
+        assert out.shape[1] == prompts.shape[1] + n
+
+    def prefill() -> None:
+        generate(1)
+
+    def decode() -> None:
+        generate(n_new)
 
     with torch.inference_mode():
         # Warmups run outside the tracked window: a first call's one-off work (bitsandbytes

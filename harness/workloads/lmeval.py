@@ -178,11 +178,7 @@ def evaluate_tasks(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    needs_defaults = any(t not in ours for t in tasks)
-    task_manager = TaskManager(
-        include_path=[str(p) for p in paths] or None,
-        include_defaults=needs_defaults or not paths,
-    )
+    task_manager = _task_manager(TaskManager, paths, tasks)
     known = set(task_manager.all_tasks)
 
     _place_model(model, device)
@@ -224,6 +220,16 @@ def evaluate_tasks(
             rows.append(_skip(task, f"task {task!r} produced no numeric metrics"))
         rows.extend(task_rows)
     return rows
+
+
+def _task_manager(manager_cls: Any, paths: list[Path], tasks: list[str]) -> Any:
+    """Index only the include paths; lm-eval's ~15k bundled tasks (seconds to index) only when a
+    requested task is not defined there."""
+    if paths:
+        local = manager_cls(include_path=[str(p) for p in paths], include_defaults=False)
+        if all(t in set(local.all_tasks) for t in tasks):
+            return local
+    return manager_cls(include_path=[str(p) for p in paths] or None, include_defaults=True)
 
 
 def _place_model(model: Any, device: str | None) -> None:

@@ -1,11 +1,19 @@
+import pytest
 import torch
 from torch import nn
 
 from harness.quant import QuantizedWeight, QuantLinear, load_quantized, save_quantized
 from harness.quant.gptq import gptq_quantize
 from harness.quant.grid import rtn_quantize
+from harness.quant.linear import KERNEL_ENV
 from harness.quant.spqr import spqr_quantize
 from harness.quant.storage import read_header
+
+
+@pytest.fixture(autouse=True)
+def _exact_torch_path(monkeypatch):
+    """The dequantize + matmul path is exact; packed layouts are checked in test_cpu_kernels."""
+    monkeypatch.setenv(KERNEL_ENV, "torch")
 
 
 def _spqr(layer):

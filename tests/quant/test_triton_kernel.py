@@ -112,11 +112,11 @@ def test_gradient_flows_to_the_input(odd_layer, triton_kernel):
 
 def test_kernel_choice(monkeypatch):
     monkeypatch.delenv(KERNEL_ENV, raising=False)
-    assert matmul_kernel(torch.zeros(1)) == "torch"  # CPU tensors take the torch path
+    assert matmul_kernel(torch.zeros(1)) == "packed"  # CPU tensors take the packed CPU kernels
     monkeypatch.setenv(KERNEL_ENV, "Triton")
     assert matmul_kernel(torch.zeros(1)) == "triton"
     monkeypatch.setenv(KERNEL_ENV, "cuda")
-    with pytest.raises(ValueError, match="auto, torch, triton"):
+    with pytest.raises(ValueError, match="auto, torch, packed, triton"):
         matmul_kernel(torch.zeros(1))
     monkeypatch.setenv(KERNEL_ENV, "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

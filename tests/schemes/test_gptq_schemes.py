@@ -65,7 +65,8 @@ def test_preset_replaces_every_decoder_linear(source, name):
     assert m["cache_hit"] == 0 and m["quant_time_s"] > 0 and m["quant_peak_above_start_bytes"] > 0
     assert int(rest[1]) < m["bits_per_param_formula"] < int(rest[1]) + 1.5
     assert (m["outlier_fraction"] > 0) == (family == "spqr")
-    assert m["fused_kernel"] == 0.0  # loaded on CPU: the torch path
+    assert m["matmul_kernel"] == 1.0  # loaded on CPU: every layer on a packed CPU kernel
+    assert m["bytes.resident_weights"] == m["bytes.stored_weights"] + m["bytes.runtime_weights"]
     assert torch.isfinite(_logits(model, _eval_ids(loaded.tokenizer, 1, 16))).all()
 
 

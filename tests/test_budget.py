@@ -1,0 +1,89 @@
+"""Budget caps for dtypes a CPU only emulates."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from harness import budget
+from harness.workloads.settings import Workloads
+
+AVX2 = frozenset({"avx2", "fma"})
+SAPPHIRE = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"})
+
+
+def _workloads():
+    return Workloads(
+        inference={"new_tokens": 32, "repeats": 3},
+        perplexity={"max_tokens": 8192},
+        accuracy={"enabled": True, "limit": 20, "rolling_docs": 3},
+    )
+
+
+def test_emulated_only_for_dense_cpu_cells_without_the_flags():
+    assert budget.emulated_dtype("cpu", "dense", "bfloat16", AVX2)
+    assert budget.emulated_dtype("cpu", "dense", "float16", AVX2)
+    assert not budget.emulated_dtype("cpu", "dense", "bfloat16", SAPPHIRE)
+    assert not budget.emulated_dtype("cpu", "dense", "float32", AVX2)
+    assert not budget.emulated_dtype("cuda", "dense", "bfloat16", AVX2)
+    assert not budget.emulated_dtype("cpu", "quantized", "float16", AVX2)
+
+
+def test_emulated_cell_gets_capped_settings_and_a_row(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(budget, "cpu_flags", lambda: AVX2)
+    wl = _workloads()
+    names = wl.enabled()
+    loaded = SimpleNamespace(storage="dense", compute_dtype="bfloat16")
+    settings, rows = budget.adapt(wl, names, "cpu", loaded)
+    assert settings["perplexity"].max_tokens == 2048
+    assert settings["accuracy"].limit == 5 and settings["accuracy"].rolling_docs == 1
+    assert settings["inference"].new_tokens == 16 and settings["inference"].repeats == 2
+    assert settings["inference"].prompt_len == wl.inference.prompt_len  # uncapped keys kept
+    assert [r["metric"] for r in rows] == ["budget.emulated"]
+    assert "avx512_bf16" in rows[0]["method"] and "max_tokens<=2048" in rows[0]["method"]
+    # the experiment's own (smaller) values are never raised
+    small = Workloads(perplexity={"max_tokens": 512})
+    assert budget.adapt(small, ["perplexity"], "cpu", loaded)[0]["perplexity"].max_tokens == 512
+
+
+@pytest.mark.parametrize(
+    "flags,compute,env",
+    [(SAPPHIRE, "bfloat16", None), (AVX2, "float32", None), (AVX2, "bfloat16", "1")],
+)
+def test_native_or_opted_out_cells_keep_the_full_budget(monkeypatch, flags, compute, env):
+    monkeypatch.setattr(budget, "cpu_flags", lambda: flags)
+    if env:
+        monkeypatch.setenv(budget.FULL_BUDGET_ENV, env)
+    else:
+        monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    wl = _workloads()
+    loaded = SimpleNamespace(storage="dense", compute_dtype=compute)
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded)
+    assert rows == [] and settings["perplexity"].max_tokens == 8192
+
+
+def test_run_cell_applies_the_caps_and_records_them(tiny_source, monkeypatch):
+    from harness.config import Cell
+    from harness.runner.cell import run_cell
+    from harness.schemes import get_handler
+
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(budget, "cpu_flags", lambda: AVX2)
+    monkeypatch.setitem(budget.EMULATED_CAPS, "perplexity", {"max_tokens": 64})
+    cell = Cell(
+        experiment="t",
+        model="synthetic:tiny-llama",
+        precision="bf16",
+        precision_options=get_handler("bf16").options().model_dump(),
+        adapter="none",
+        seed=0,
+        device="cpu",
+        timeout_s=60,
+        workloads=Workloads(
+            footprint={"enabled": False}, perplexity={"max_tokens": 256, "window": 32}
+        ),
+    )
+    rows = run_cell(cell)["rows"]
+    assert [r["value"] for r in rows if r["metric"] == "budget.emulated"] == [1.0]
+    ppl = next(r for r in rows if r["metric"] == "perplexity")
+    assert ppl["n"] == 2 * 31  # two capped 32-token windows (31 predictions each), not eight
