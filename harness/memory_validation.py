@@ -76,7 +76,8 @@ def _training_pairs(v: dict[str, float], pred: Any, adapter: str) -> list[tuple[
     if not full:
         pairs.insert(1, ("adapters", v["mem.adapter_params"], pred.adapters))
     if "train_peak_bytes" in v:
-        pairs.append(("peak", v["train_peak_bytes"], pred.training_peak))
+        runtime = v.get("train_live_runtime_layouts_bytes", 0.0)  # not predicted: see below
+        pairs.append(("peak", v["train_peak_bytes"], pred.training_peak + runtime))
     return pairs
 
 
@@ -90,8 +91,10 @@ def _inference_pairs(v: dict[str, float], pred: Any) -> list[tuple[str, float, f
             ("live total", live + kv, pred.weight_bytes + pred.adapters + pred.kv_cache),
         ]
     peaks = [v[m] for m in ("prefill_peak_bytes", "decode_peak_bytes") if m in v]
+    # the model does not predict packed CPU runtime layouts: the cell's own count is added
+    runtime = v.get("decode_live_runtime_layouts_bytes", 0.0)
     if peaks:
-        pairs.append(("peak", max(peaks), pred.inference_peak))
+        pairs.append(("peak", max(peaks), pred.inference_peak + runtime))
     return pairs
 
 

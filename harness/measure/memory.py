@@ -153,14 +153,18 @@ def take_baseline(model: Any, device: str) -> Baseline:
 
 
 def model_tensor_bytes(model: Any) -> dict[str, int]:
-    """Live bytes of the model's own tensors: weights, quant_state, adapters, buffers.
+    """Live bytes of the model's own tensors: weights, quant_state, adapters, buffers and
+    runtime_layouts.
 
     Counted from the stored tensors (each storage once, packed codes at their packed size), the
-    same inventory the footprint workload uses; LoRA tensors are ``adapters``.
+    same inventory the footprint workload uses; LoRA tensors are ``adapters``; a packed CPU
+    layout a quantized layer keeps for its matmul kernel is ``runtime_layouts``.
     """
     from harness.workloads.footprint import inventory
 
-    out = {"weights": 0, "quant_state": 0, "adapters": 0, "buffers": 0}
+    out = {"weights": 0, "quant_state": 0, "adapters": 0, "buffers": 0, "runtime_layouts": 0}
+    for module in model.modules():  # packed CPU layouts held beside the stored tensors
+        out["runtime_layouts"] += getattr(module, "runtime_layout_bytes", lambda: 0)()
     for entry in inventory(model):
         if "lora_" in entry.name:
             out["adapters"] += entry.nbytes

@@ -318,6 +318,10 @@ class QuantLinear(nn.Module):
             self._packed_tried = True
         return self._packed
 
+    def runtime_layout_bytes(self) -> int:
+        """Bytes the packed runtime layout holds beside the stored tensors (0 until built)."""
+        return 0 if self._packed is None else self._packed.nbytes()
+
     def kernel_name(self, device: torch.device | str) -> str:
         """The forward path an input on ``device`` takes, named as a cell records it."""
         kernel = matmul_kernel(torch.empty(0, device=device))
