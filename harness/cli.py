@@ -178,13 +178,53 @@ def claims_(
 
 @app.command()
 def predict(
-    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    experiment: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML file (or use --model).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Instead of an experiment: a preset (llama-7b, llama-13b, llama-33b, "
+                     "llama-65b, llama-70b, smollm2-135m), builtin:/synthetic: model or a local "
+                     "directory with config.json."),
+    ] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="With --model; repeatable.")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="With --model: none, full or lora-rN; repeatable.")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Inference batch.")] = 1,
+    seq: Annotated[int, typer.Option(help="Inference tokens (prompt + new).")] = 160,
+    train_batch: Annotated[int, typer.Option(help="Training batch.")] = 1,
+    train_seq: Annotated[int, typer.Option(help="Training tokens per sequence.")] = 512,
+    checkpointing: Annotated[bool, typer.Option(help="Gradient checkpointing.")] = False,
+    optimizer: Annotated[
+        str, typer.Option(help="adamw, paged_adamw_32bit or paged_adamw_8bit.")
+    ] = "adamw",
 ) -> None:
-    """Predicted memory of every cell from the model config alone (no weights loaded)."""
-    from harness.commands.predict import predict_experiment
+    """Predicted memory from the model config alone: no weights loaded, no network.
 
+    Either every cell of an experiment, or one --model under each --precision and --adapter,
+    e.g. `harness predict --model llama-65b --precision nf4-dq --adapter lora-r64
+    --train-batch 4 --train-seq 528 --checkpointing`.
+    """
+    import os
+
+    from harness import memory_model as mm
+    from harness.commands.predict import predict_experiment, predict_setting
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a config that is not here fails at once
     try:
-        predict_experiment(experiment, console=console)
+        if (experiment is None) == (model is None):
+            raise HarnessError("give either an experiment file or --model (not both)")
+        if experiment is not None:
+            predict_experiment(experiment, console=console)
+            return
+        if optimizer not in ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"):
+            raise HarnessError(f"unknown optimizer {optimizer!r}; allowed: adamw, "
+                               "paged_adamw_32bit, paged_adamw_8bit")
+        work = mm.Workload(batch=batch, seq=seq, train_batch=train_batch, train_seq=train_seq,
+                           checkpointing=checkpointing, optimizer=optimizer)
+        predict_setting(model, precision or ["fp16"], adapter or ["none"], work,
+                        console=console)
     except HarnessError as exc:
         fail(exc)
 

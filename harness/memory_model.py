@@ -282,6 +282,8 @@ def adapter_kind(adapter: str) -> tuple[str, int]:
     match = re.fullmatch(r"lora-r(\d+)", adapter)
     if match:
         return "lora", int(match.group(1))
+    if adapter not in ("none", "full"):
+        raise HarnessError(f"unknown adapter {adapter!r}; allowed: none, full, lora-r<rank>")
     return adapter, 0
 
 

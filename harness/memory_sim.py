@@ -183,7 +183,8 @@ def _probe_saved(
             param.requires_grad_(True)
     model.train()
     if checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": True})
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)({"use_reentrant": True})
         model.enable_input_require_grads()
     saved = _Saved(model)
     hooks = torch.autograd.graph.saved_tensors_hooks(saved, lambda t: t)

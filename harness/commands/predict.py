@@ -1,4 +1,5 @@
-"""``harness predict``: analytic memory of every cell of an experiment, no weights loaded."""
+"""``harness predict``: memory of every cell of an experiment, or of one model/precision/adapter
+setting, from the model config alone (no weights loaded, no network)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,51 @@ def _gb(value: float) -> str:
     return f"{value / 1e9:.3f}" if value else ""
 
 
+def _row(model: str, shape: Any, precision: str, options: dict, adapter: str,
+         work: Any) -> dict[str, Any]:
+    from harness import memory_model as mm
+
+    pred = mm.predict(shape, precision, options, adapter, work)
+    values = {key: getattr(pred, key, 0) for _, key in COLUMNS[2:]}
+    values["weights"] = pred.weight_bytes - pred.weights.get("quant_state", 0)
+    values["quant_state"] = pred.weights.get("quant_state", 0)
+    return {"model": model, "precision": precision, "adapter": adapter, "params": shape.params,
+            **values, "notes": "; ".join(pred.notes)}
+
+
+def _print(rows: list[dict[str, Any]], title: str, work: Any, console: Console) -> None:
+    table = Table(title=title)
+    for name in ["model", "precision", "adapter", *(c[0] for c in COLUMNS)]:
+        left = name in ("model", "precision")
+        table.add_column(name, justify="left" if left else "right", overflow="fold")
+    for row in rows:
+        table.add_row(row["model"], row["precision"], row["adapter"],
+                      *(_gb(row[key]) for _, key in COLUMNS))
+    console.print(table)
+    for row in rows:
+        if row["notes"]:
+            console.print(f"{row['model']} {row['precision']} {row['adapter']}: {row['notes']}")
+    console.print(
+        f"batch {work.batch} x {work.seq} tokens (inference), {work.train_batch} x "
+        f"{work.train_seq} (training, checkpointing {'on' if work.checkpointing else 'off'}, "
+        f"{work.optimizer}); terms documented in harness/memory_model.py; the measured error "
+        "of the model is in every report's memory model section"
+    )
+
+
+def predict_setting(model: str, precisions: list[str], adapters: list[str], work: Any, *,
+                    console: Console | None = None) -> list[dict[str, Any]]:
+    """One model (a preset such as ``llama-65b``, ``builtin:...``, ``synthetic:...`` or a local
+    directory with ``config.json``) under each precision and adapter."""
+    from harness import memory_model as mm
+
+    console = console or Console()
+    shape = mm.model_shape(mm.load_config(model))
+    rows = [_row(model, shape, p, {}, a, work) for p in precisions for a in adapters]
+    _print(rows, f"{model}: predicted memory (GB = 1e9 B)", work, console)
+    return rows
+
+
 def predict_experiment(path: Path, *, console: Console | None = None) -> list[dict[str, Any]]:
     """One row per cell (model x precision x adapter; seeds do not change memory)."""
     from harness import memory_model as mm
@@ -39,26 +85,6 @@ def predict_experiment(path: Path, *, console: Console | None = None) -> list[di
         shape = mm.model_shape(mm.load_config(model))
         for prec in exp.precisions:
             for adapter in exp.adapters:
-                pred = mm.predict(shape, prec.name, prec.resolved_options(), adapter, work)
-                values = {key: getattr(pred, key, 0) for _, key in COLUMNS[2:]}
-                values["weights"] = pred.weight_bytes - pred.weights.get("quant_state", 0)
-                values["quant_state"] = pred.weights.get("quant_state", 0)
-                rows.append({"model": model, "precision": prec.name, "adapter": adapter,
-                             "params": shape.params, **values, "notes": "; ".join(pred.notes)})
-    table = Table(title=f"{exp.name}: predicted memory (GB = 1e9 B)")
-    for title in ["model", "precision", "adapter", *(c[0] for c in COLUMNS)]:
-        left = title in ("model", "precision")
-        table.add_column(title, justify="left" if left else "right", overflow="fold")
-    for row in rows:
-        table.add_row(row["model"], row["precision"], row["adapter"],
-                      *(_gb(row[key]) for _, key in COLUMNS))
-    console.print(table)
-    for row in rows:
-        if row["notes"]:
-            console.print(f"{row['model']} {row['precision']} {row['adapter']}: {row['notes']}")
-    console.print(
-        f"batch {work.batch} x {work.seq} tokens (inference), {work.train_batch} x "
-        f"{work.train_seq} (training, checkpointing {'on' if work.checkpointing else 'off'}); "
-        "approximations documented in harness/memory_model.py"
-    )
+                rows.append(_row(model, shape, prec.name, prec.resolved_options(), adapter, work))
+    _print(rows, f"{exp.name}: predicted memory (GB = 1e9 B)", work, console)
     return rows

@@ -23,6 +23,13 @@ from harness.quant.experts import ExpertRecorder, expert_parameters
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+
+@pytest.fixture(autouse=True)
+def _exact_matmul(monkeypatch):
+    """These tests compare against dequantized dense weights exactly; the packed CPU kernels
+    round activations to bf16, so the exact dequantize + matmul path is used here."""
+    monkeypatch.setenv("HARNESS_QUANT_KERNEL", "torch")
+
 def _mixtral() -> MixtralForCausalLM:
     torch.manual_seed(0)
     config = MixtralConfig(
