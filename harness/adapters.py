@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import parse_adapter
+from harness.adapter_names import parse_adapter
 from harness.errors import HarnessError, SkipCell
 
 ADAPTER_PREFIX = "lora_"
@@ -175,19 +175,13 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
 def attach(loaded: Any, cell: Any) -> list[dict[str, Any]]:
     """Apply ``cell.adapter`` to ``loaded`` in place; rows describe what was attached.
 
-    Raises SkipCell when the combination cannot run here: ``full`` on quantized storage (its
-    weights are codes, not trainable parameters) or a training optimizer the device lacks.
+    Raises SkipCell for ``full`` on quantized storage (its weights are codes, not trainable
+    parameters): the one check that needs the loaded model. Everything decidable from the cell
+    alone (the optimizer, the device) is asked in the preflight, before loading.
     """
     kind, _ = parse_adapter(cell.adapter)
     if kind == "none":
         return []
-    training = cell.workloads.training
-    if training.enabled:
-        from harness.workloads.training import optimizer_unavailable
-
-        reason = optimizer_unavailable(training.optimizer, cell.device)
-        if reason:
-            raise SkipCell(reason)
     if kind == "full":
         if loaded.storage == "quantized":
             raise SkipCell(
