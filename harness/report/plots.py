@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.report import metric_values, panels
+from harness.report.dq_curve import NEEDS as DQ_NEEDS
 from harness.report.dq_curve import dq_saving_curve
 from harness.report.style import (
     CATEGORY_COLORS,
@@ -372,7 +373,7 @@ FIGURES: list[FigureSpec] = [
     FigureSpec(
         "dq_saving_curve",
         "Double-quantization saving against layer size",
-        "dq_saving_bits.total (an nf4-dq or fp4-dq cell)",
+        DQ_NEEDS,
         dq_saving_curve,
     ),
     FigureSpec(

@@ -97,13 +97,13 @@ def inventory(model: Any) -> list[Entry]:
     Modules that store quantized weights describe themselves: a ``footprint_entries()`` method
     (the harness's own QuantLinear) or a known bitsandbytes class.
     """
-    from harness.workloads import footprint_bnb
+    from harness.measure import bnb_storage
 
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     seen: set[int] = set()
     entries: list[Entry] = []
     for mod_name, module in model.named_modules():
-        special = _special_entries(mod_name, module, footprint_bnb)
+        special = _special_entries(mod_name, module, bnb_storage)
         if special is not None:
             tensors = special
         else:
@@ -126,10 +126,10 @@ def inventory(model: Any) -> list[Entry]:
     return entries
 
 
-def _special_entries(mod_name: str, module: Any, footprint_bnb: Any) -> list | None:
+def _special_entries(mod_name: str, module: Any, bnb_storage: Any) -> list | None:
     if hasattr(module, "footprint_entries"):
         return [(f"{mod_name}.{n}", t, c, p) for n, t, c, p in module.footprint_entries()]
-    return footprint_bnb.entries(mod_name, module)
+    return bnb_storage.entries(mod_name, module)
 
 
 def _storage_key(tensor: Any) -> int:
@@ -205,7 +205,7 @@ def savings(summary: dict[str, float]) -> dict[str, float]:
 
 
 def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
-    from harness.workloads.footprint_bnb import double_quant_rows
+    from harness.measure.bnb_storage import double_quant_rows
 
     entries = inventory(loaded.model)
     summary = summarize(entries)
