@@ -50,7 +50,12 @@ def measure(shapes: list[tuple[int, int]], seed: int = 0) -> list[dict[str, Any]
 
 
 def read_table(path: Path = TABLE) -> Any:
-    """The stored curve as a DataFrame, or None when it has not been measured."""
+    """The stored curve as a DataFrame, or None when it has not been measured. A relative
+    path is looked up in the working directory, then in the harness checkout."""
+    if not path.is_file() and not path.is_absolute():
+        from harness.paths import repo_root
+
+        path = repo_root() / path
     if not path.is_file():
         return None
     import pandas as pd
