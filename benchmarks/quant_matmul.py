@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from harness.quant import QuantLinear
 from harness.quant.gptq import Hessian
-from harness.quant.grid import rtn_quantize
 from harness.quant.linear import KERNEL_ENV, QuantizedWeight, measured_bits
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 
 SHAPES = {

@@ -158,7 +158,7 @@ def model_tensor_bytes(model: Any) -> dict[str, int]:
     Counted from the stored tensors (each storage once, packed codes at their packed size), the
     same inventory the footprint workload uses; LoRA tensors are ``adapters``.
     """
-    from harness.workloads.footprint import inventory
+    from harness.measure.inventory import inventory
 
     out = {"weights": 0, "quant_state": 0, "adapters": 0, "buffers": 0}
     for entry in inventory(model):

@@ -12,9 +12,10 @@ from harness.quant.calibrate import (
 )
 from harness.quant.experts import PackedExperts
 from harness.quant.gptq import Hessian, gptq_quantize
-from harness.quant.grid import dequantize, fit_minmax, quantize, rtn_quantize
+from harness.quant.grid import dequantize, fit_minmax, quantize
 from harness.quant.linear import QuantizedWeight, QuantLinear, formula_bits_spqr, measured_bits
 from harness.quant.pack import PackedCodes, pack, unpack
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 from harness.quant.storage import load_quantized, save_quantized
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.measure.inventory import CATEGORIES  # noqa: E402
 from harness.report import metric_values, panels
 from harness.report.dq_curve import NEEDS as DQ_NEEDS
 from harness.report.dq_curve import dq_saving_curve
@@ -23,7 +24,6 @@ from harness.report.style import (
     precision_order,
     text_color,
 )
-from harness.workloads.footprint import CATEGORIES  # noqa: E402
 
 FOOTPRINT_CATS = [c for c in CATEGORIES if c != "buffers"]
 TRAIN_CATS = ["frozen_weights", "adapter_params", "gradients", "optimizer_state", "activations"]
