@@ -19,6 +19,7 @@ from torch import nn
 
 from harness.adapter_names import parse_adapter
 from harness.errors import HarnessError, SkipCell
+from harness.modules import linear_like_types, set_module
 
 ADAPTER_PREFIX = "lora_"
 """Trainable adapter parameters carry this in their names (peft's convention, kept here)."""
@@ -54,10 +55,8 @@ def _quant_linear_type() -> type | None:
 
 
 def _linear_like_types() -> tuple[type, ...]:
-    from transformers.pytorch_utils import Conv1D
-
     quant = _quant_linear_type()
-    return (nn.Linear, Conv1D) + ((quant,) if quant else ())
+    return linear_like_types() + ((quant,) if quant else ())
 
 
 def is_kbit(model: Any) -> bool:
@@ -125,11 +124,6 @@ def _prepare_kbit(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module)
-
-
 def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     """Freeze ``model`` and wrap its target modules with LoRA; returns the model to use."""
     r, alpha, dropout = options["r"], options["alpha"], options["dropout"]
@@ -146,7 +140,7 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
     quant = _quant_linear_type()
     own = [n for n in names if quant is not None and isinstance(model.get_submodule(n), quant)]
     for name in own:
-        _set_module(model, name, LoraQuantLinear(model.get_submodule(name), r, alpha, dropout))
+        set_module(model, name, LoraQuantLinear(model.get_submodule(name), r, alpha, dropout))
     rest = [n for n in names if n not in own]
     if rest:
         from peft import LoraConfig, get_peft_model

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "harness"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("harness.errors", "harness.paths", "harness.adapter_names", "harness.optimizers"),
+    ("harness.errors", "harness.paths", "harness.adapter_names", "harness.optimizers",
+     "harness.modules"),
     ("harness.quant", "harness.data", "harness.measure", "harness.stats"),
     ("harness.schemes", "harness.models", "harness.workloads.settings"),
     ("harness.config", "harness.memory_model", "harness.memory_sim"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.measure.tensor_identity import tensor_key
+from harness.modules import is_linear_like
 
 CATEGORIES = [
     "quantized_weights",
@@ -68,23 +69,13 @@ def _plain_category(module: Any, pname: str, full_name: str, lm_head: Any) -> st
         return "norms"
     if pname == "bias":
         return "biases"
-    if pname == "weight" and _is_linear_like(module):
+    if pname == "weight" and is_linear_like(module):
         return "linear_weights"
     param = getattr(module, pname, None)
     n = getattr(module, "num_experts", None)
     if param is not None and param.dim() == 3 and param.shape[0] == n:
         return "expert_weights"
     return "other"
-
-
-def _is_linear_like(module: Any) -> bool:
-    import torch.nn as nn
-
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return isinstance(module, nn.Linear)
-    return isinstance(module, (nn.Linear, Conv1D))
 
 
 def inventory(model: Any) -> list[Entry]:

@@ -1,10 +1,10 @@
 """Weight-only post-training quantization: RTN, GPTQ and SpQR in pure torch."""
 
+from harness.modules import is_linear_like
 from harness.quant.calibrate import (
     LinearView,
     as_linear,
     capture_layer_inputs,
-    is_linear_like,
     layer_stats,
     quantize_decoder_layers,
     quantize_uncalibrated,

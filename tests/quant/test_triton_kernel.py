@@ -14,11 +14,11 @@ import torch
 
 from harness.quant import QuantLinear
 from harness.quant.gptq import gptq_quantize
+from harness.quant.group_stats import decode_stat, stat_at
 from harness.quant.linear import KERNEL_ENV, QuantizedWeight, matmul_kernel
 from harness.quant.pack import gather_codes, pack, unpack
 from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
-from harness.quant.stats import decode_stat, stat_at
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="triton is not installed"
