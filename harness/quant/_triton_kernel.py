@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # linear.py imports this module; only the type is needed here
     from harness.quant.linear import QuantizedWeight
 
 
-
 @triton.jit
 def _code(stream, idx, mask, BITS: tl.constexpr):
     """Unsigned ``BITS``-wide codes at flat positions ``idx`` of a packed byte stream."""
