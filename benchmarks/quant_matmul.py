@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from harness.measure.env import cpu_name
 from harness.quant import QuantLinear
 from harness.quant.gptq import Hessian
-from harness.quant.grid import rtn_quantize
 from harness.quant.linear import KERNEL_ENV, QuantizedWeight, measured_bits
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 
 SHAPES = {

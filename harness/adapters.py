@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import parse_adapter
+from harness.adapter_names import parse_adapter
 from harness.errors import HarnessError, SkipCell
+from harness.modules import linear_like_types, set_module
 
 ADAPTER_PREFIX = "lora_"
 """Trainable adapter parameters carry this in their names (peft's convention, kept here)."""
@@ -54,10 +55,8 @@ def _quant_linear_type() -> type | None:
 
 
 def _linear_like_types() -> tuple[type, ...]:
-    from transformers.pytorch_utils import Conv1D
-
     quant = _quant_linear_type()
-    return (nn.Linear, Conv1D) + ((quant,) if quant else ())
+    return linear_like_types() + ((quant,) if quant else ())
 
 
 def is_kbit(model: Any) -> bool:
@@ -125,11 +124,6 @@ def _prepare_kbit(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module)
-
-
 def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     """Freeze ``model`` and wrap its target modules with LoRA; returns the model to use."""
     r, alpha, dropout = options["r"], options["alpha"], options["dropout"]
@@ -146,7 +140,7 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
     quant = _quant_linear_type()
     own = [n for n in names if quant is not None and isinstance(model.get_submodule(n), quant)]
     for name in own:
-        _set_module(model, name, LoraQuantLinear(model.get_submodule(name), r, alpha, dropout))
+        set_module(model, name, LoraQuantLinear(model.get_submodule(name), r, alpha, dropout))
     rest = [n for n in names if n not in own]
     if rest:
         from peft import LoraConfig, get_peft_model
@@ -175,19 +169,13 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
 def attach(loaded: Any, cell: Any) -> list[dict[str, Any]]:
     """Apply ``cell.adapter`` to ``loaded`` in place; rows describe what was attached.
 
-    Raises SkipCell when the combination cannot run here: ``full`` on quantized storage (its
-    weights are codes, not trainable parameters) or a training optimizer the device lacks.
+    Raises SkipCell for ``full`` on quantized storage (its weights are codes, not trainable
+    parameters): the one check that needs the loaded model. Everything decidable from the cell
+    alone (the optimizer, the device) is asked in the preflight, before loading.
     """
     kind, _ = parse_adapter(cell.adapter)
     if kind == "none":
         return []
-    training = cell.workloads.training
-    if training.enabled:
-        from harness.workloads.training import optimizer_unavailable
-
-        reason = optimizer_unavailable(training.optimizer, cell.device)
-        if reason:
-            raise SkipCell(reason)
     if kind == "full":
         if loaded.storage == "quantized":
             raise SkipCell(

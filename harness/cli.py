@@ -1,7 +1,8 @@
-"""Command line: ``harness run | list | env``.
+"""Command line: ``harness run | show | report | claims | predict | list | env``.
 
-User errors (bad config, unknown names, missing models) print one clear message and exit 2
-before anything is written.
+Each command is a thin typer wrapper over its body in ``harness/commands/``. User errors (bad
+config, unknown names, missing models) print one clear message and exit 2 before anything is
+written.
 """
 
 from __future__ import annotations

@@ -24,29 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from harness.adapter_names import parse_adapter
 from harness.errors import ConfigError, HarnessError
 from harness.schemes import get_handler, scheme_names
 from harness.workloads.settings import Workloads
 
 DeviceName = Literal["auto", "cpu", "cuda"]
-ADAPTER_FORMS = ["none", "lora-r<N>", "full"]
-"""Adapter names: the model as loaded, LoRA of rank N (any N >= 1), full fine-tuning."""
-_LORA = re.compile(r"lora-r([1-9][0-9]*)")
 QV_MODULES = ("q_proj", "v_proj")
 """``target_modules: qv``: the query and value projections the LoRA paper adapts."""
-
-
-def parse_adapter(name: str) -> tuple[Literal["none", "lora", "full"], int | None]:
-    """``lora-r8`` -> ("lora", 8); ``none``/``full`` -> (name, None); anything else raises."""
-    if name in ("none", "full"):
-        return name, None  # type: ignore[return-value]
-    match = _LORA.fullmatch(name)
-    if match is None:
-        raise ValueError(
-            f"unknown adapter '{name}'; allowed: {', '.join(ADAPTER_FORMS)} "
-            "(N a positive integer rank, e.g. lora-r8)"
-        )
-    return "lora", int(match.group(1))
 
 
 class LoraSettings(BaseModel):
@@ -168,6 +153,19 @@ class Experiment(BaseModel):
             parse_adapter(name)
         return value
 
+    @model_validator(mode="after")
+    def _agreement_baseline(self) -> Experiment:
+        """The agreement baseline is one of this experiment's precisions, so its cells and
+        the reference they are compared with are both in the results."""
+        agreement = self.workloads.agreement
+        names = [p.name for p in self.precisions]
+        if agreement.enabled and agreement.baseline not in names:
+            raise ValueError(
+                f"workloads.agreement.baseline '{agreement.baseline}' is not one of this "
+                f"experiment's precisions; allowed: {', '.join(names)}"
+            )
+        return self
+
 
 class Cell(BaseModel):
     """One point of the matrix. Frozen; ``id`` is a readable name plus a content hash."""
@@ -274,6 +272,8 @@ def _describe(error: dict[str, Any]) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{key}: required key is missing"
+    if not loc:  # a check across keys names its keys itself; the input is the whole file
+        return msg
     return f"{key}: {msg} (got {error.get('input')!r})"
 
 

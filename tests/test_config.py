@@ -52,6 +52,10 @@ INVALID = {
     "not yaml": ("name: [unclosed\n", ["not valid YAML"]),
     "not a mapping": ("- a\n- b\n", ["top level must be a mapping"]),
     "bad name": (TINY_EXPERIMENT.replace("name: tiny", "name: a/b"), ["name:", "pattern"]),
+    "agreement baseline not among the precisions": (
+        TINY_EXPERIMENT + "  agreement: {enabled: true, baseline: nf4}\n",
+        ["workloads.agreement.baseline 'nf4'", "allowed: fp32, bf16"],
+    ),
     "negative batch": (
         TINY_EXPERIMENT.replace("inference: {enabled: false}", "inference: {batch_size: 0}"),
         ["workloads.inference.batch_size", "greater than or equal to 1"],

@@ -24,7 +24,7 @@ def print_listing(console: Console) -> None:
         "ORG/NAME", "a Hugging Face hub id (downloaded only when an experiment names it)"
     )
     workloads = Table("workload", "description", title="Workloads")
-    for name, (_, text) in WORKLOADS.items():
-        workloads.add_row(name, text)
+    for entry in WORKLOADS.values():
+        workloads.add_row(entry.name, entry.description)
     for table in (precisions, models, workloads):
         console.print(table)

@@ -160,7 +160,7 @@ def model_tensor_bytes(model: Any) -> dict[str, int]:
     same inventory the footprint workload uses; LoRA tensors are ``adapters``; a packed CPU
     layout a quantized layer keeps for its matmul kernel is ``runtime_layouts``.
     """
-    from harness.workloads.footprint import inventory
+    from harness.measure.inventory import inventory
 
     out = {"weights": 0, "quant_state": 0, "adapters": 0, "buffers": 0, "runtime_layouts": 0}
     for module in model.modules():  # packed CPU layouts held beside the stored tensors

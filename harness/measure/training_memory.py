@@ -13,13 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-
-def storage_key(tensor: Any) -> int:
-    """Identity of the memory behind ``tensor`` (views and tied weights share it)."""
-    try:
-        return tensor.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # meta or other storage-less tensors
-        return id(tensor)
+from harness.measure.tensor_identity import storage_key, tensor_key
 
 
 def tensor_bytes(tensors: Iterable[Any]) -> int:
@@ -27,7 +21,7 @@ def tensor_bytes(tensors: Iterable[Any]) -> int:
     seen: set[tuple[int, int]] = set()
     total = 0
     for t in tensors:
-        key = (storage_key(t), t.storage_offset() if hasattr(t, "storage_offset") else 0)
+        key = tensor_key(t)
         if key in seen:
             continue
         seen.add(key)

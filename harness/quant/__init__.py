@@ -1,10 +1,10 @@
 """Weight-only post-training quantization: RTN, GPTQ and SpQR in pure torch."""
 
+from harness.modules import is_linear_like
 from harness.quant.calibrate import (
     LinearView,
     as_linear,
     capture_layer_inputs,
-    is_linear_like,
     layer_stats,
     quantize_decoder_layers,
     quantize_uncalibrated,
@@ -12,9 +12,10 @@ from harness.quant.calibrate import (
 )
 from harness.quant.experts import PackedExperts
 from harness.quant.gptq import Hessian, gptq_quantize
-from harness.quant.grid import dequantize, fit_minmax, quantize, rtn_quantize
+from harness.quant.grid import dequantize, fit_minmax, quantize
 from harness.quant.linear import QuantizedWeight, QuantLinear, formula_bits_spqr, measured_bits
 from harness.quant.pack import PackedCodes, pack, unpack
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 from harness.quant.storage import load_quantized, save_quantized
 

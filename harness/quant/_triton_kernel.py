@@ -11,12 +11,15 @@ Layout reminders (see ``linear.py``, ``pack.py``, ``stats.py``):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from harness.quant.linear import QuantizedWeight
+if TYPE_CHECKING:  # linear.py imports this module; only the type is needed here
+    from harness.quant.linear import QuantizedWeight
 
 
 @triton.jit

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from harness.modules import linears, set_module
 from harness.quant import experts as moe
 from harness.quant.gptq import Hessian
 from harness.quant.linear import QuantizedWeight, QuantLinear, measured_bits
@@ -117,20 +118,6 @@ def _move(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return None
-    return Conv1D
-
-
-def is_linear_like(module: nn.Module) -> bool:
-    """``nn.Linear`` or GPT-2's ``Conv1D`` (the same map with its weight stored ``in x out``)."""
-    conv1d = _conv1d_type()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
 def as_linear(module: nn.Module) -> LinearView:
     """The one place a Conv1D's ``in x out`` weight is turned into ``out x in``."""
     if isinstance(module, nn.Linear):
@@ -138,28 +125,17 @@ def as_linear(module: nn.Module) -> LinearView:
     return LinearView(module.weight.t(), module.bias)
 
 
-def _linears(block: nn.Module) -> dict[str, nn.Module]:
-    """Linear-like modules of ``block`` by name (nn.Linear and Conv1D)."""
-    return {n: m for n, m in block.named_modules() if is_linear_like(m)}
-
-
 def _in_features(module: nn.Module) -> int:
     return as_linear(module).weight.shape[1]
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def _collect_hessians(block: nn.Module, inputs: list[LayerInputs]) -> tuple[dict, dict, Tensor]:
     """Run the float block with hooks; returns the Hessians of its linear-like layers, the
     per-expert recorders of its experts modules, and the first batch's output."""
-    hessians = {n: Hessian(_in_features(m), m.weight.device) for n, m in _linears(block).items()}
+    hessians = {n: Hessian(_in_features(m), m.weight.device) for n, m in linears(block).items()}
     handles = [
         m.register_forward_hook(lambda _m, inp, _out, h=hessians[n]: h.add_batch(inp[0]))
-        for n, m in _linears(block).items()
+        for n, m in linears(block).items()
     ]
     recorders = {n: moe.ExpertRecorder(m) for n, m in _expert_modules(block).items()}
     handles += [
@@ -190,11 +166,11 @@ def _quantize_block(
     progress: Progress | None,
 ) -> dict[str, QuantizedWeight]:
     result = {}
-    for name, linear in _linears(block).items():
+    for name, linear in linears(block).items():
         start = time.perf_counter()
         qw = quantize_fn(f"{prefix}{name}", as_linear(linear), hessians.pop(name))
         seconds = time.perf_counter() - start
-        _set_module(block, name, QuantLinear(qw, linear.bias))
+        set_module(block, name, QuantLinear(qw, linear.bias))
         result[f"{prefix}{name}"] = qw
         if progress is not None:
             progress({"kind": "linear", "name": f"{prefix}{name}", **layer_stats(qw, seconds)})
@@ -303,7 +279,7 @@ def quantize_uncalibrated(layers: nn.Module, fn: FallbackFn) -> dict[str, Quanti
     """Quantize every linear-like layer and expert matrix of ``layers`` without calibration
     data (round-to-nearest), installing the packed modules; keys as in
     :func:`quantize_decoder_layers`."""
-    result = {name: fn(name, as_linear(m)) for name, m in _linears(layers).items()}
+    result = {name: fn(name, as_linear(m)) for name, m in linears(layers).items()}
     for mod_name, module in _expert_modules(layers).items():
         for pname in moe.expert_parameters(module):
             for e in range(module.num_experts):
@@ -326,6 +302,6 @@ def replace_linears(module: nn.Module, quantized: dict[str, QuantizedWeight]) ->
         old = module.get_submodule(name)
         bias = getattr(old, "bias", None)
         new = QuantLinear(qw.to(_module_device(old)), bias)
-        _set_module(module, name, new)
+        set_module(module, name, new)
     moe.install_all(module, quantized)
     return module

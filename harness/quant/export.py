@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from harness.measure.tensor_identity import storage_key
 from harness.quant.linear import QuantizedWeight, QuantLinear
 from harness.quant.pack import pack, unpack
 
@@ -191,7 +192,7 @@ def _save_untied(tensors: dict[str, Tensor], path: Path) -> None:
     """safetensors refuses shared storage (tied embeddings): store each tensor separately."""
     seen: set[int] = set()
     for key, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
+        ptr = storage_key(t)
         if ptr in seen:
             tensors[key] = t.clone()
         seen.add(ptr)

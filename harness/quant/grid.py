@@ -1,4 +1,4 @@
-"""Uniform asymmetric min-max grids, per output row, and the RTN baseline.
+"""Uniform asymmetric min-max grids, per output row (``rtn.py`` builds the RTN baseline on them).
 
 Two flavours of the same grid are used by the solvers:
 
@@ -13,15 +13,8 @@ Reconstruction is always ``scale * (code - zero)``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
-
-from harness.quant.pack import pack
-
-if TYPE_CHECKING:
-    from harness.quant.linear import QuantizedWeight
 
 # smallest scale used; it survives a float16 round trip, so stored scales never become 0
 MIN_SCALE = 1e-7
@@ -70,35 +63,3 @@ def round_to_fp16(t: Tensor) -> Tensor:
 def num_groups(cols: int, group_size: int) -> int:
     """Number of column groups; the last one may be shorter."""
     return -(-cols // group_size)
-
-
-def rtn_quantize(
-    weight: Tensor, bits: int, group_size: int | None = None, sym: bool = False
-) -> QuantizedWeight:
-    """Round-to-nearest baseline on the GPTQ grid, per row and per group of input columns.
-
-    ``group_size=None`` (or <= 0) means one group per row. Group sizes that do not divide
-    the number of columns leave a shorter last group.
-    """
-    from harness.quant.linear import QuantizedWeight
-
-    w = weight.detach().float()
-    rows, cols = w.shape
-    gs = cols if not group_size or group_size <= 0 else min(group_size, cols)
-    scales, zeros, codes = [], [], []
-    for start in range(0, cols, gs):
-        block = w[:, start : start + gs]
-        scale, zero = fit_minmax(block, bits, round_zero=True, sym=sym)
-        scale = round_to_fp16(scale)
-        codes.append(quantize(block, scale, zero, bits))
-        scales.append(scale[:, 0])
-        zeros.append(zero[:, 0])
-    return QuantizedWeight.from_codes(
-        codes=torch.cat(codes, dim=1).to(torch.uint8),
-        bits=bits,
-        group_size=gs,
-        scale=torch.stack(scales).half(),
-        zero=pack(torch.stack(zeros).to(torch.uint8), bits),
-        zero_bits=bits,
-        method="rtn",
-    )

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.quant.group_stats import decode_stat
 from harness.quant.pack import pack, unpack
-from harness.quant.stats import decode_stat
 
 TENSOR_FIELDS = (
     "codes",

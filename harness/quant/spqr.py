@@ -22,9 +22,9 @@ from torch import Tensor
 
 from harness.quant.gptq import ColumnSweep, Hessian, index_dtype, prepare, store_perm
 from harness.quant.grid import dequantize, fit_minmax, num_groups, quantize, round_to_fp16
+from harness.quant.group_stats import encode_bilevel
 from harness.quant.linear import QuantizedWeight
 from harness.quant.pack import pack
-from harness.quant.stats import encode_bilevel
 
 
 def leave_one_out_gain(group: Tensor, d: Tensor, bits: int) -> Tensor:

@@ -24,13 +24,16 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from harness.quant.linear import QuantizedWeight
+from harness.quant.group_stats import stat_at
 from harness.quant.pack import gather_codes
-from harness.quant.stats import stat_at
+
+if TYPE_CHECKING:  # linear.py imports this module; only the type is needed here
+    from harness.quant.linear import QuantizedWeight
 
 
 @functools.cache

@@ -11,7 +11,6 @@ a prediction, never a measurement, and is reported apart from the measured verdi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -65,8 +64,9 @@ class Setting(BaseModel):
     @field_validator("adapter")
     @classmethod
     def _known_adapter(cls, value: str) -> str:
-        if value not in ("none", "full") and not re.fullmatch(r"lora-r[1-9]\d*", value):
-            raise ValueError(f"unknown adapter {value!r}; allowed: none, full, lora-r<N>")
+        from harness.adapter_names import parse_adapter
+
+        parse_adapter(value)  # raises naming the allowed forms
         return value
 
     def describe(self) -> str:

@@ -1,50 +1,37 @@
 """How the double-quantization saving approaches QLoRA's 0.373 bit as layers grow.
 
-QLoRA's 0.373 bit/parameter counts the block constants only. bitsandbytes also stores a 1 KiB
-nested code table per layer, a fixed cost that small layers cannot amortise. The curve is
-measured, not computed: each point quantizes a random layer of that size with and without
-double quantization and compares the bytes bitsandbytes stores.
+Plots stored numbers only: the per-layer curve from the table ``benchmarks/dq_curve.py``
+writes (``harness.measure.dq_curve``) and the whole-model saving of the cells in the results.
+Without both, the figure is not drawn and the report says what is missing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from harness.measure.dq_curve import TABLE, read_table
 from harness.report import metric_values
 from harness.report.style import precision_color
 
-LAYER_SHAPES = [
-    (128, 256),
-    (256, 256),
-    (576, 576),
-    (576, 1536),
-    (1024, 1024),
-    (2048, 2048),
-    (4096, 4096),
-]
 PUBLISHED = 0.373
-
-
-def measured_curve() -> list[tuple[int, float]]:
-    from harness.workloads.footprint_bnb import dq_saving_for_layer
-
-    return [(o * i, dq_saving_for_layer(o, i)["saving"]) for o, i in LAYER_SHAPES]
+NEEDS = f"dq_saving_bits.total (an nf4-dq or fp4-dq cell) and {TABLE} (benchmarks/dq_curve.py)"
 
 
 def dq_saving_curve(frame: Any) -> Any:
     totals = metric_values(frame, "dq_saving_bits.total")
-    if not len(totals):
+    curve = read_table(TABLE)
+    if not len(totals) or curve is None:
         return None
     import matplotlib.pyplot as plt
 
-    curve = measured_curve()
+    curve = curve.sort_values("weights")
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     ax.plot(
-        [n for n, _ in curve],
-        [s for _, s in curve],
+        curve["weights"],
+        curve["saving_bits"],
         marker="o",
         color="#333",
-        label="one random layer, measured (bitsandbytes)",
+        label="one random layer, measured (bitsandbytes, stored table)",
     )
     ax.axhline(
         PUBLISHED,

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.measure.inventory import CATEGORIES  # noqa: E402
 from harness.report import metric_values, panels
+from harness.report.dq_curve import NEEDS as DQ_NEEDS
 from harness.report.dq_curve import dq_saving_curve
 from harness.report.style import (
     CATEGORY_COLORS,
@@ -22,7 +24,6 @@ from harness.report.style import (
     precision_order,
     text_color,
 )
-from harness.workloads.footprint import CATEGORIES  # noqa: E402
 
 FOOTPRINT_CATS = [c for c in CATEGORIES if c != "buffers"]
 TRAIN_CATS = ["frozen_weights", "adapter_params", "gradients", "optimizer_state", "activations"]
@@ -372,7 +373,7 @@ FIGURES: list[FigureSpec] = [
     FigureSpec(
         "dq_saving_curve",
         "Double-quantization saving against layer size",
-        "dq_saving_bits.total (an nf4-dq or fp4-dq cell)",
+        DQ_NEEDS,
         dq_saving_curve,
     ),
     FigureSpec(

@@ -2,8 +2,8 @@
 workloads, make a record.
 
 Failures are data: a workload that raises becomes a row with status ``error`` (or ``oom``) and
-the other workloads still run; a precision or adapter that cannot run here makes the cell
-``skipped`` with the reason.
+the other workloads still run; a cell that cannot run here is ``skipped`` with the reason,
+decided before loading where the cell alone tells (``preflight``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from harness.errors import SkipCell
 from harness.measure.env import collect as collect_env
 from harness.measure.memory import baseline_rows, configure_allocator, phase_rows, track_phase
 from harness.results import make_record
+from harness.runner.preflight import preflight
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -66,11 +67,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             cell, status, rows, env=env, started_at=started, duration_s=duration, **kw
         )
 
-    handler = get_handler(cell.precision)
-    opts = handler.Options(**cell.precision_options)
-    reason = handler.unavailable(opts, cell.device)
+    reason = preflight(cell)  # before loading: calibration can take minutes
     if reason:
         return record("skipped", [], error=reason)
+    handler = get_handler(cell.precision)
+    opts = handler.Options(**cell.precision_options)
     torch.manual_seed(cell.seed)
     try:
         with track_phase(cell.device) as load_mem:

@@ -4,7 +4,8 @@
 ``int8dq``: the same weights with activations quantized to int8 per token at run time.
 ``int4wo``: 4-bit weights in groups, bf16 scale and zero per group (torchao's tinygemm layout;
 torchao 0.18 has no CPU layout for it, so it is CUDA only here). The quantized weights are
-torchao tensor subclasses; the footprint counts their inner tensors (``footprint_torchao.py``).
+torchao tensor subclasses; the footprint counts their inner tensors
+(``harness/measure/torchao_storage.py``).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def decoder_layers(model: Any) -> Any:
 
 def quantizable_count(layers: Any) -> int:
     """Linear-like layers plus 3-D expert weights inside ``layers`` (what the schemes pack)."""
-    from harness.quant import is_linear_like
+    from harness.modules import is_linear_like
     from harness.quant.experts import expert_parameters
 
     return sum(1 for m in layers.modules() if is_linear_like(m) or expert_parameters(m))

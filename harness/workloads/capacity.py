@@ -343,7 +343,7 @@ def _try_rows(
 
 
 def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
-    from harness.config import parse_adapter
+    from harness.adapter_names import parse_adapter
 
     if settings.mode == "training" and parse_adapter(cell.adapter)[0] == "none":
         reason = f"adapter '{cell.adapter}' trains nothing; training capacity needs lora-rN or full"

@@ -14,132 +14,9 @@ experts stayed fp32 shows it here, next to its bits per parameter.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
-CATEGORIES = [
-    "quantized_weights",
-    "quant_state",
-    "linear_weights",
-    "expert_weights",
-    "lm_head",
-    "embeddings",
-    "norms",
-    "biases",
-    "buffers",
-    "other",
-]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One stored tensor: where it sits, what it is, its bytes and the weights it represents."""
-
-    name: str
-    category: str
-    dtype: str
-    nbytes: int
-    params: int
-    kind: str = ""
-    """``linear`` (linear-like layer weight), ``experts`` (3-D expert weight) or empty."""
-
-
-def _tensor_entry(
-    name: str, tensor: Any, category: str, params: int | None = None, kind: str = ""
-) -> Entry:
-    nbytes = tensor.numel() * tensor.element_size()
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    logical = tensor.numel() if params is None else params
-    return Entry(name, category, dtype, nbytes, logical, kind)
-
-
-def _kind(module: Any, category: str) -> str:
-    """What a weight is, whatever its storage: a linear-like layer's or an expert's."""
-    if category == "expert_weights" or getattr(module, "holds_experts", False):
-        return "experts" if category in ("expert_weights", "quantized_weights") else ""
-    return "linear" if category in ("linear_weights", "quantized_weights") else ""
-
-
-def _plain_category(module: Any, pname: str, full_name: str, lm_head: Any) -> str:
-    import torch.nn as nn
-
-    cls = type(module).__name__
-    if module is lm_head:
-        return "lm_head" if pname == "weight" else "biases"
-    if isinstance(module, nn.Embedding):
-        return "embeddings"
-    if "Norm" in cls:
-        return "norms"
-    if pname == "bias":
-        return "biases"
-    if pname == "weight" and _is_linear_like(module):
-        return "linear_weights"
-    param = getattr(module, pname, None)
-    n = getattr(module, "num_experts", None)
-    if param is not None and param.dim() == 3 and param.shape[0] == n:
-        return "expert_weights"
-    return "other"
-
-
-def _is_linear_like(module: Any) -> bool:
-    import torch.nn as nn
-
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return isinstance(module, nn.Linear)
-    return isinstance(module, (nn.Linear, Conv1D))
-
-
-def inventory(model: Any) -> list[Entry]:
-    """Every stored tensor of ``model`` once, categorised.
-
-    Modules that store quantized weights describe themselves: a ``footprint_entries()`` method
-    (the harness's own QuantLinear), a known bitsandbytes class, or a torchao tensor-subclass
-    weight (counted by its inner tensors).
-    """
-    from harness.workloads import footprint_bnb, footprint_torchao
-
-    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    seen: set[int] = set()
-    entries: list[Entry] = []
-    for mod_name, module in model.named_modules():
-        special = _special_entries(mod_name, module, footprint_bnb)
-        if special is None:
-            special = footprint_torchao.entries(mod_name, module)
-        if special is not None:
-            tensors = special
-        else:
-            tensors = [
-                (f"{mod_name}.{p}", t, _plain_category(module, p, mod_name, lm_head), None)
-                for p, t in module.named_parameters(recurse=False)
-            ]
-        tensors += [
-            (f"{mod_name}.{b}", t, "buffers", 0)
-            for b, t in module.named_buffers(recurse=False)
-            if special is None
-        ]
-        for name, tensor, category, params in tensors:
-            key = _storage_key(tensor)
-            if key in seen:
-                continue
-            seen.add(key)
-            kind = _kind(module, category)
-            entries.append(_tensor_entry(name, tensor, category, params, kind))
-    return entries
-
-
-def _special_entries(mod_name: str, module: Any, footprint_bnb: Any) -> list | None:
-    if hasattr(module, "footprint_entries"):
-        return [(f"{mod_name}.{n}", t, c, p) for n, t, c, p in module.footprint_entries()]
-    return footprint_bnb.entries(mod_name, module)
-
-
-def _storage_key(tensor: Any) -> int:
-    try:
-        return tensor.untyped_storage().data_ptr() + tensor.storage_offset()
-    except (RuntimeError, NotImplementedError):  # meta tensors have no storage
-        return id(tensor)
+from harness.measure.inventory import CATEGORIES, Entry, inventory
 
 
 def summarize(entries: list[Entry]) -> dict[str, float]:
@@ -208,7 +85,7 @@ def savings(summary: dict[str, float]) -> dict[str, float]:
 
 
 def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
-    from harness.workloads.footprint_bnb import double_quant_rows
+    from harness.measure.bnb_storage import double_quant_rows
 
     entries = inventory(loaded.model)
     summary = summarize(entries)

@@ -18,18 +18,7 @@ from typing import Any
 from harness.measure import training_memory as tm
 from harness.measure.memory import phase_rows, track_phase
 from harness.measure.timing import summary_rows
-
-PAGED = {"paged_adamw_8bit": "PagedAdamW8bit", "paged_adamw_32bit": "PagedAdamW32bit"}
-
-
-def optimizer_unavailable(name: str, device: str) -> str | None:
-    """Why optimizer ``name`` cannot run on ``device`` (None when it can)."""
-    if name in PAGED and device != "cuda":
-        return (
-            f"optimizer '{name}' pages its state between GPU and CPU memory with bitsandbytes "
-            f"and needs CUDA; device is '{device}' (use optimizer: adamw)"
-        )
-    return None
+from harness.optimizers import PAGED, optimizer_unavailable
 
 
 def make_optimizer(name: str, params: list[Any], lr: float) -> Any:

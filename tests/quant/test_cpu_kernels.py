@@ -8,8 +8,8 @@ from harness.measure.training_memory import SavedTensorMeter
 from harness.quant import QuantLinear
 from harness.quant.cpu_kernels import PackedLinear, packed_ops_available
 from harness.quant.gptq import gptq_quantize
-from harness.quant.grid import rtn_quantize
 from harness.quant.linear import KERNEL_ENV, TORCH_PATH, matmul_kernel
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 
 pytestmark = pytest.mark.skipif(not packed_ops_available(), reason="no packed CPU kernels")

@@ -1,7 +1,7 @@
 import torch
 
 from harness.quant.gptq import Hessian, gptq_quantize
-from harness.quant.grid import rtn_quantize
+from harness.quant.rtn import rtn_quantize
 
 
 def test_hessian_is_running_mean_of_2xxT():

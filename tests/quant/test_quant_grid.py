@@ -1,7 +1,8 @@
 import torch
 
 from harness.quant.gptq import gptq_quantize
-from harness.quant.grid import dequantize, fit_minmax, quantize, rtn_quantize
+from harness.quant.grid import dequantize, fit_minmax, quantize
+from harness.quant.rtn import rtn_quantize
 
 
 def test_gptq_style_grid_contains_zero_exactly():

@@ -4,8 +4,8 @@ from torch import nn
 
 from harness.quant import QuantizedWeight, QuantLinear, load_quantized, save_quantized
 from harness.quant.gptq import gptq_quantize
-from harness.quant.grid import rtn_quantize
 from harness.quant.linear import KERNEL_ENV
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 from harness.quant.storage import read_header
 

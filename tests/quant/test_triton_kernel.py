@@ -14,11 +14,11 @@ import torch
 
 from harness.quant import QuantLinear
 from harness.quant.gptq import gptq_quantize
-from harness.quant.grid import rtn_quantize
+from harness.quant.group_stats import decode_stat, stat_at
 from harness.quant.linear import KERNEL_ENV, QuantizedWeight, matmul_kernel
 from harness.quant.pack import gather_codes, pack, unpack
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
-from harness.quant.stats import decode_stat, stat_at
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="triton is not installed"
@@ -151,7 +151,7 @@ sys.path.insert(0, "tests/quant")
 from conftest import make_layer
 from harness.quant import _triton_kernel as kernel
 from harness.quant.gptq import gptq_quantize
-from harness.quant.grid import rtn_quantize
+from harness.quant.rtn import rtn_quantize
 from harness.quant.spqr import spqr_quantize
 
 layer = make_layer(64, 80, tokens=256)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from harness.measure.bnb_storage import double_quant_rows, dq_saving_for_layer
 from harness.schemes import get_handler
 from harness.workloads.footprint import inventory, savings, summarize
-from harness.workloads.footprint_bnb import double_quant_rows, dq_saving_for_layer
 
 # Quantized linears of tiny-llama per layer as (out, in); 2 layers; lm_head stays fp32.
 SHAPES = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)] * 2

@@ -1,4 +1,4 @@
-"""Footprint of bitsandbytes layers, read from the tensors they actually store.
+"""Stored bytes of bitsandbytes layers, read from the tensors they actually keep.
 
 Identified by class name so this module never imports bitsandbytes itself.
 """

@@ -1,0 +1,29 @@
+"""The workload table and the ``Workloads`` settings model describe the same workloads."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import UnknownNameError
+from harness.workloads import WORKLOADS, get_entry, get_runner
+from harness.workloads.settings import Workloads
+
+
+def test_every_settings_field_has_a_table_entry_in_the_same_order() -> None:
+    assert list(Workloads.model_fields) == list(WORKLOADS)
+
+
+@pytest.mark.parametrize("name", list(Workloads.model_fields))
+def test_field_type_is_the_entrys_settings_model(name: str) -> None:
+    assert Workloads.model_fields[name].annotation is WORKLOADS[name].settings
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_every_entry_has_a_runner_and_a_description(name: str) -> None:
+    entry = get_entry(name)
+    assert entry.description and callable(get_runner(name))
+
+
+def test_unknown_workload_names_the_allowed_ones() -> None:
+    with pytest.raises(UnknownNameError, match="allowed: footprint, inference"):
+        get_entry("latency")
