@@ -24,7 +24,6 @@ Shapes come from the model built on the ``meta`` device (nothing allocated). Eac
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,13 +277,14 @@ class Prediction:
 
 
 def adapter_kind(adapter: str) -> tuple[str, int]:
-    """``none`` / ``full`` / ``lora-r<N>`` -> (kind, rank)."""
-    match = re.fullmatch(r"lora-r(\d+)", adapter)
-    if match:
-        return "lora", int(match.group(1))
-    if adapter not in ("none", "full"):
-        raise HarnessError(f"unknown adapter {adapter!r}; allowed: none, full, lora-r<rank>")
-    return adapter, 0
+    """``none`` / ``full`` / ``lora-r<N>`` -> (kind, rank); anything else is a HarnessError."""
+    from harness.adapter_names import parse_adapter
+
+    try:
+        kind, rank = parse_adapter(adapter)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+    return kind, rank or 0
 
 
 def weight_terms(shape: Shape, handler: Any, opts: Any) -> dict[str, int]:

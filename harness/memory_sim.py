@@ -107,9 +107,9 @@ def _real_run_paths() -> Iterator[None]:
 
 
 def _is_linear_like(module: Any) -> bool:
-    from torch import nn
+    from harness.modules import is_linear_like
 
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return is_linear_like(module)
 
 
 def _add_lora(model: Any, spec: LoraSpec) -> None:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
+    """Wait for queued CUDA work (a no-op elsewhere) so a clock or a memory read covers it."""
     if device == "cuda":
         import torch
 
@@ -24,10 +25,10 @@ def time_call(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> 
         fn()
     samples = []
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         samples.append(time.perf_counter() - start)
     return samples
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.measure import training_memory as tm
 from harness.measure.memory import phase_rows, track_phase
-from harness.measure.timing import summary_rows
+from harness.measure.timing import summary_rows, sync_device
 from harness.optimizers import PAGED, optimizer_unavailable
 
 
@@ -54,13 +54,6 @@ class TrainResult:
     peak: Any = None
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -> TrainResult:
     """``settings.steps`` optimizer steps; ``batch(k)`` is the k-th micro-batch of token ids.
 
@@ -79,7 +72,7 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
     out = TrainResult()
     with track_phase(device, model) as peak:
         for step in range(settings.steps):
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             loss_sum = 0.0
             for micro in range(settings.grad_accum):
@@ -93,14 +86,14 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
                 (loss / settings.grad_accum).backward()
                 loss_sum += float(loss.detach())
             if step == 0:
-                _sync(device)
+                sync_device(device)
                 out.memory["mem.gradients"] = tm.gradient_bytes(params)
                 out.memory["mem.activations"] = meter.bytes
             optimizer.step()
             if step == 0:
                 out.memory["mem.optimizer_state"] = tm.optimizer_state_bytes(optimizer)
             optimizer.zero_grad(set_to_none=True)
-            _sync(device)
+            sync_device(device)
             out.step_s.append(time.perf_counter() - t0)
             out.losses.append(loss_sum / settings.grad_accum)
     out.peak = peak
