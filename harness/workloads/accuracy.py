@@ -65,10 +65,10 @@ def _rolling_rows(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]
         max_length=settings.rolling_max_length,
         log_samples=False,
     )
-    sha = builtin_corpus("test").sha256[:12]
+    corpus = builtin_corpus("test")
     protocol = (
         f"lm-eval-rolling;max_length={settings.rolling_max_length};docs={len(docs)};"
-        f"corpus=pydoc-topics:test@{sha}"
+        f"corpus={corpus.name}:test@{corpus.sha256[:12]}"
     )
     units = {"word_perplexity": "ppl/word", "byte_perplexity": "ppl/byte", "bits_per_byte": "bits"}
     rows = []

@@ -57,8 +57,9 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
 
     with torch.inference_mode():
         # Warmups run outside the tracked window: a first call's one-off work (bitsandbytes
-        # repacks 4-bit weights on CPU) is not what each prefill or decode needs; what it
-        # leaves allocated is still counted, since peaks are taken above the post-load baseline.
+        # repacks 4-bit weights on CPU, lazy imports) is not what each prefill or decode needs.
+        # What it leaves in the model is still counted (live tensors at the phase start), and
+        # ``*_peak_above_baseline_bytes`` shows everything held since loading.
         time_call(prefill, device, settings.warmup, 0)
         with track_phase(device, model) as prefill_mem:
             t_prefill = time_call(prefill, device, 0, settings.repeats)
