@@ -58,7 +58,18 @@ def inference_rows(cell: dict, precision: str, speed: float = 1.0) -> list[dict]
                               ("decode_bandwidth_gb_per_s", decode * speed * 0.1, "GB/s")):
         for stat, f in (("median", 1.0), ("p10", 0.9), ("p90", 1.07)):
             rows.append(_row(cell, "inference", metric, med * f, unit, stat))
-    rows.append(_row(cell, "inference", "decode_peak_bytes", 9e8, "bytes"))
+    # live tensors as a 160-position decode of this model holds them (weights as stored, a
+    # 160 x 30 layers x 2 x 192 KV cache in the dense dtype), and a peak a little above them
+    per_weight, _, *_ = PRECISIONS[precision]
+    dense = 2 if precision in ("fp16", "bf16") else 4
+    weights = LIN * per_weight + (EMB + NORM) * dense
+    kv = 2 * 30 * 192 * 159 * dense
+    for metric, value in (("decode_live_weights_bytes", weights), ("decode_live_kv_cache_bytes", kv),
+                          ("decode_peak_bytes", 1.03 * (weights + kv))):
+        rows.append(_row(cell, "inference", metric, value, "bytes"))
+    for row in rows:
+        if row["workload"] == "inference":
+            row["protocol"] = "batch=1;prompt=128;new=32"
     rows.append(_row(cell, "perplexity", "perplexity", ppl, "ppl"))
     return rows
 

@@ -14,7 +14,8 @@ def _record(path: Path, precision: str, nlls: list[float]) -> None:
         {"metric": "perplexity", "samples": nlls, "status": "ok"},
         {"metric": "bits_per_param", "value": 4.0},
     ]
-    path.write_text(json.dumps({"cell": cell, "rows": rows}))
+    record = {"schema": 1, "cell_id": path.stem, "cell": cell, "status": "ok", "rows": rows}
+    path.write_text(json.dumps(record))
 
 
 def test_a_consistent_small_increase_is_significant_and_noise_is_not(tmp_path: Path) -> None:

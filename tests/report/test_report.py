@@ -45,8 +45,12 @@ def test_report_has_claims_prediction_and_environment(full_report: Path) -> None
     md = (full_report / "report.md").read_text()
     assert "| int8-quarter-of-fp32-layers | cpu | reproduced |" in md
     assert "| tf32-speedup | cpu | not measured |" in md
-    # analytic weights beside measured ones: dense cells agree to the byte
-    assert "| cpu | fp32 | none | bytes.total | 538060032 | 538060032 | +0.00% |" in md
+    # the memory model beside what cells measured: fp32 weights agree to the byte, the KV
+    # cache exactly, and the per-phase summary states the targets
+    section = md.split("## Memory model against measurement")[1].split("\n## ")[0]
+    assert "| cpu | fp32 | none | inference | weights | 538.06 | 538.06 | +0.0% |" in section
+    assert "| cpu | fp32 | none | inference | KV cache | 7.33 | 7.33 | +0.0% |" in section
+    assert "| inference | peak |" in section and "15%" in section
     assert "abc1234" in md and "torch_version" in md
 
 

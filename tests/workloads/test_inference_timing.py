@@ -33,7 +33,10 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
     monkeypatch.setattr(inference, "time_call", _fake_time_call(clock))
     settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=0, repeats=2)
     rows = inference.run(loaded, SimpleNamespace(device="cpu"), settings)
-    assert calls == ["generate:1:1"] * 2 + ["generate:4:4"] * 2
+    # timed: two prefills then two decodes; then one untimed prompt forward and one decode
+    # whose caches are counted (live KV cache bytes)
+    assert calls[:4] == ["generate:1:1"] * 2 + ["generate:4:4"] * 2
+    assert calls[4:] == ["generate:4:4"]
     values = {(r["metric"], r.get("stat")): r["value"] for r in rows}
     assert values[("prefill_tokens_per_s", "median")] == 8 / 1.0
     # 3 decode steps after the first token, in 4 s minus the 1 s prefill
