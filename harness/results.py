@@ -135,14 +135,6 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def stored_status(out_dir: Path, cell: Cell) -> str | None:
-    """Status of the stored result for ``cell``; None when there is none or it is unusable."""
-    from harness.results_dir import ResultsDir
-
-    record = ResultsDir(out_dir).stored(cell)
-    return record["status"] if record else None
-
-
 def record_fingerprint(record: dict[str, Any], *, hardware: bool = True) -> dict[str, Any]:
     """Where a record was measured; derived from its env when it predates stored fingerprints."""
     return fingerprint(record.get("env") or {}, hardware=hardware)

@@ -192,3 +192,9 @@ class ResultsDir:
             except HarnessError:
                 continue
         return out
+
+
+def stored_status(out_dir: Path, cell: Cell) -> str | None:
+    """Status of the stored result for ``cell``; None when there is none or it is unusable."""
+    record = ResultsDir(out_dir).stored(cell)
+    return record["status"] if record else None

@@ -13,12 +13,24 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "harness"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("harness.errors", "harness.paths", "harness.adapter_names", "harness.optimizers",
-     "harness.modules"),
+    (
+        "harness.errors",
+        "harness.paths",
+        "harness.adapter_names",
+        "harness.optimizers",
+        "harness.modules",
+    ),
     ("harness.quant", "harness.data", "harness.measure", "harness.stats"),
     ("harness.schemes", "harness.models", "harness.workloads.settings"),
-    ("harness.config", "harness.memory_model", "harness.memory_sim"),
-    ("harness.adapters", "harness.workloads", "harness.results", "harness.summary"),
+    ("harness.config", "harness.memory_model", "harness.memory_sim", "harness.memory_validation"),
+    (
+        "harness.adapters",
+        "harness.workloads",
+        "harness.results",
+        "harness.results_dir",
+        "harness.summary",
+        "harness.budget",
+    ),
     ("harness.runner",),
     ("harness.report",),
     ("harness.commands", "harness.cli", "harness.__main__", "harness"),

@@ -16,9 +16,9 @@ from harness.results import (
     load_table,
     make_record,
     read_record,
-    stored_status,
     write_record,
 )
+from harness.results_dir import stored_status
 from tests.conftest import TINY_EXPERIMENT, write_experiment
 
 

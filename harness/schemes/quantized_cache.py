@@ -75,10 +75,9 @@ def quant_code_hash() -> str:
 
 def calibration_files() -> list[Path]:
     """The files of ``CALIBRATION_MODULES`` in this installation."""
-    import harness
+    from harness.paths import repo_root
 
-    root = Path(harness.__file__).resolve().parent.parent
-    return [root / name for name in CALIBRATION_MODULES]
+    return [repo_root() / name for name in CALIBRATION_MODULES]
 
 
 @lru_cache(maxsize=1)

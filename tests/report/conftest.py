@@ -64,8 +64,9 @@ def inference_rows(cell: dict, precision: str, speed: float = 1.0) -> list[dict]
     dense = 2 if precision in ("fp16", "bf16") else 4
     weights = LIN * per_weight + (EMB + NORM) * dense
     kv = 2 * 30 * 192 * 159 * dense
-    for metric, value in (("decode_live_weights_bytes", weights), ("decode_live_kv_cache_bytes", kv),
-                          ("decode_peak_bytes", 1.03 * (weights + kv))):
+    live = (("decode_live_weights_bytes", weights), ("decode_live_kv_cache_bytes", kv),
+            ("decode_peak_bytes", 1.03 * (weights + kv)))
+    for metric, value in live:
         rows.append(_row(cell, "inference", metric, value, "bytes"))
     for row in rows:
         if row["workload"] == "inference":
