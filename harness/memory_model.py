@@ -237,6 +237,7 @@ class Workload:
 
     batch: int = 1
     seq: int = 160  # prompt + new tokens
+    prompt: int | None = None  # prompt tokens (None: all of ``seq``)
     train_batch: int = 4
     train_seq: int = 256
     checkpointing: bool = False
@@ -316,18 +317,27 @@ def weight_terms(shape: Shape, handler: Any, opts: Any) -> dict[str, int]:
 def trainable_tensors(
     shape: Shape, kind: str, rank: int, work: Workload, a: int
 ) -> list[tuple[int, int]]:
-    """(elements, bytes per element) of every trained tensor: LoRA's A and B (fp32) per
-    targeted linear, or every parameter tensor for full fine-tuning."""
+    """(elements, bytes per element) of every trained tensor: LoRA's A and B per targeted
+    linear (in ``work.adapter_dtype``), or every parameter tensor for full fine-tuning."""
     if kind == "lora":
+        size = _DTYPE_BYTES[work.adapter_dtype]
         return [
             t
             for name, o, i in shape.linears
-            if work.lora_targets is None or name.split(".")[-1] in work.lora_targets
-            for t in ((rank * i, 4), (o * rank, 4))
+            if _targeted(name, work.lora_targets)
+            for t in ((rank * i, size), (o * rank, size))
         ]
     if kind == "full":
         return [(n, a) for n in shape.param_tensors]
     return []
+
+
+def _targeted(name: str, targets: list[str] | None) -> bool:
+    """Whether LoRA adapts the linear ``name``: every one, or a target naming it or a dotted
+    suffix of it (``q_proj``, ``self_attn.q_proj``), as peft matches them."""
+    if targets is None:
+        return True
+    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def optimizer_bytes(tensors: list[tuple[int, int]], optimizer: str) -> int:
@@ -400,15 +410,20 @@ def predict(
             + act
             + pred.backward_transient
         )
-    pred.kv_cache = 2 * shape.layers * shape.kv_dim * max(work.seq - 1, 1) * work.batch * a
-    # one layer's prefill working set (norm, q/k/v, attention output, MLP's three
-    # intermediate tensors) and the last position's fp32 logits, as generate computes them
-    prompt = work.batch * work.seq
-    pred.prefill_transient = (
-        prompt * (4 * shape.hidden + 2 * shape.kv_dim + 3 * shape.intermediate) * a
-        + work.batch * shape.vocab * 4
-    )
-    pred.inference_peak = pred.weight_bytes + pred.adapters + pred.kv_cache + pred.prefill_transient
+    kv_per_position = 2 * shape.layers * shape.kv_dim * work.batch * a
+    prompt = work.prompt if work.prompt is not None else work.seq
+    pred.kv_cache = kv_per_position * max(work.seq - 1, 1)  # after generating the new tokens
+    # prefill: the prompt's cache, one layer's working set (norm, q/k/v, attention output, the
+    # MLP's three intermediate tensors) and the last position's fp32 logits, as generate
+    # computes them; decode: the full cache and one position's working set and logits
+    def working_set(tokens: int) -> int:
+        per_token = 4 * shape.hidden + 2 * shape.kv_dim + 3 * shape.intermediate
+        return work.batch * tokens * per_token * a + work.batch * shape.vocab * 4
+
+    pred.prefill_transient = working_set(prompt)
+    static = pred.weight_bytes + pred.adapters
+    pred.inference_peak = max(static + kv_per_position * prompt + pred.prefill_transient,
+                              static + pred.kv_cache + working_set(1))
     return pred
 
 
@@ -423,6 +438,7 @@ def workload_from(workloads: Any, lora: Any = None) -> Workload:
     if inference is not None:
         work.batch = inference.batch_size
         work.seq = inference.prompt_len + inference.new_tokens
+        work.prompt = inference.prompt_len
     training = getattr(workloads, "training", None)
     if training is not None:
         work.train_batch = getattr(training, "batch_size", work.train_batch)

@@ -44,12 +44,13 @@ def _workload(cell: Any) -> tuple[Any, bool, bool]:
     infer = _protocol(_first(cell, "inference"))
     if infer:
         work.batch = int(infer["batch"])
-        work.seq = int(infer["prompt"]) + int(infer["new"])
+        work.prompt = int(infer["prompt"])
+        work.seq = work.prompt + int(infer["new"])
     if train:
         work.train_batch, work.train_seq = int(train["batch"]), int(train["seq"])
         work.checkpointing = train.get("grad_ckpt") == "True"
         work.optimizer = train.get("optimizer", work.optimizer)
-        work.lora_dropout = float(train.get("lora_dropout", 0.0))
+        work.lora_dropout = float(train.get("lora_dropout", Workload().lora_dropout))
         targets = train.get("lora_targets", "all-linear")
         work.lora_targets = None if targets == "all-linear" else targets.split(",")
     return work, bool(train), bool(infer)
@@ -103,7 +104,6 @@ def validate(frame: Any) -> tuple[Any, list[str]]:
     import pandas as pd
 
     from harness import memory_model as mm
-    from harness.errors import HarnessError
 
     if "run" not in frame:
         frame = frame.assign(run="")
@@ -121,18 +121,19 @@ def validate(frame: Any) -> tuple[Any, list[str]]:
         if model not in shapes:
             try:
                 shapes[model] = mm.model_shape(mm.load_config(model))
-            except (HarnessError, ValueError, OSError) as exc:
+            except Exception as exc:  # an architecture the model cannot build: a note
                 shapes[model] = None
                 notes.append(f"no prediction for {model}: {exc}")
         if shapes[model] is None:
             continue
         v = _values(cell)
-        work, trained, inferred = _workload(cell)
-        try:
-            options = json.loads(first.get("precision_options") or "{}")
+        try:  # one cell that cannot be predicted is a note, never a failed report
+            work, trained, inferred = _workload(cell)
+            options = first.get("precision_options")
+            options = json.loads(options) if isinstance(options, str) and options else {}
             pred = mm.predict(shapes[model], precision, options, adapter, work)
-        except (HarnessError, KeyError, ValueError) as exc:
-            notes.append(f"no prediction for {cell_id}: {exc}")
+        except Exception as exc:
+            notes.append(f"no prediction for {cell_id}: {type(exc).__name__}: {exc}")
             continue
         phases = []
         if trained and "mem.accounted" in v:
@@ -158,14 +159,14 @@ def validate(frame: Any) -> tuple[Any, list[str]]:
     return pd.DataFrame(rows), notes
 
 
-def error_band(frame: Any) -> float | None:
-    """Largest relative error of the predicted live totals and peaks (None: nothing to
-    validate in these results)."""
+def error_band(frame: Any, components: tuple[str, ...] = TOTALS) -> float | None:
+    """Largest relative error of the predicted ``components`` (default: the live totals and
+    peaks) over the ok cells of ``frame``; None when nothing can be validated there."""
     table, _ = validate(frame)
     if not len(table):
         return None
-    totals = table[table["component"].isin(TOTALS)]
-    return float(totals["error"].abs().max()) if len(totals) else None
+    rows = table[table["component"].isin(components)]
+    return float(rows["error"].abs().max()) if len(rows) else None
 
 
 def summary(table: Any) -> Any:

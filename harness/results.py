@@ -187,7 +187,7 @@ def collect(out_dir: Path, cells: list[Cell] | None = None) -> Any:
     import pandas as pd
 
     if cells is None:
-        paths = sorted((out_dir / "cells").glob("*.json"))
+        paths = sorted(p for p in (out_dir / "cells").glob("*.json") if not p.name.startswith("."))
     else:  # matrix order, so tables and reports list cells as the experiment does
         paths = [cell_path(out_dir, c) for c in cells if cell_path(out_dir, c).is_file()]
     rows = [row for p in paths for row in record_rows(read_record(p))]

@@ -89,7 +89,9 @@ class ResultsDir:
         return self.root / "logs" / f"{cell.id}.log"
 
     def record_paths(self) -> list[Path]:
-        return sorted((self.root / "cells").glob("*.json"))
+        return sorted(
+            p for p in (self.root / "cells").glob("*.json") if not p.name.startswith(".")
+        )  # pending files are dot-files
 
     def write(self, cell: Cell, record: dict[str, Any]) -> Path:
         return write_record(self.root, cell, record)

@@ -72,9 +72,16 @@ def test_phase_results_survive_a_json_round_trip() -> None:
 def _tiny_config(layers: int = 3):
     from transformers import AutoConfig
 
-    return AutoConfig.for_model("llama", vocab_size=300, hidden_size=64, intermediate_size=160,
-                                num_hidden_layers=layers, num_attention_heads=4,
-                                num_key_value_heads=2, tie_word_embeddings=True)
+    return AutoConfig.for_model(
+        "llama",
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
 
 
 def _measured_saved(config, dtype: str, lora: tuple[int, float] | None, ckpt: bool) -> int:
@@ -84,8 +91,10 @@ def _measured_saved(config, dtype: str, lora: tuple[int, float] | None, ckpt: bo
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     if lora:
-        model = get_peft_model(model, LoraConfig(r=lora[0], lora_alpha=16, lora_dropout=lora[1],
-                                                 target_modules="all-linear"))
+        model = get_peft_model(
+            model,
+            LoraConfig(r=lora[0], lora_alpha=16, lora_dropout=lora[1], target_modules="all-linear"),
+        )
     else:
         model.requires_grad_(True)
     model.train()
@@ -102,8 +111,9 @@ def _measured_saved(config, dtype: str, lora: tuple[int, float] | None, ckpt: bo
 
 
 @pytest.mark.parametrize(
-    "dtype,lora", [("float32", None), ("float32", (8, 0.05)), ("bfloat16", (4, 0.1)),
-                   ("float32", (8, 0.0))])
+    "dtype,lora",
+    [("float32", None), ("float32", (8, 0.05)), ("bfloat16", (4, 0.1)), ("float32", (8, 0.0))],
+)
 def test_predicted_activations_equal_the_saved_tensors(dtype, lora) -> None:
     """Exact on Llama layouts: a meter that counted weights as activations, or a model that
     missed LoRA's dropout or its fp32 input cast, fails here."""
@@ -115,8 +125,9 @@ def test_predicted_activations_equal_the_saved_tensors(dtype, lora) -> None:
 
 def test_checkpointed_activations_are_predicted_closely() -> None:
     config = _tiny_config()
-    predicted = sim.saved_bytes(config, "float32", 2, 32, "lora", sim.LoraSpec(8, 0.05),
-                                checkpointing=True)
+    predicted = sim.saved_bytes(
+        config, "float32", 2, 32, "lora", sim.LoraSpec(8, 0.05), checkpointing=True
+    )
     measured = _measured_saved(config, "float32", (8, 0.05), ckpt=True)
     assert predicted == pytest.approx(measured, rel=0.12)
     assert predicted < sim.saved_bytes(config, "float32", 2, 32, "lora", sim.LoraSpec(8, 0.05))
@@ -138,8 +149,7 @@ def test_training_prediction_matches_a_measured_cell(tiny_source) -> None:
 
     handler = get_handler("fp32")
     model = handler.load(tiny_source, handler.options(), "cpu").model
-    opts = {"r": 4, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear",
-            "bias": "none"}
+    opts = {"r": 4, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear", "bias": "none"}
     model, _ = attach_lora(model, opts)
     _, static = parameter_rows(model)
     settings = TrainingSettings(enabled=True, steps=1, warmup_steps=0, batch_size=2, seq_len=32)
@@ -152,7 +162,48 @@ def test_training_prediction_matches_a_measured_cell(tiny_source) -> None:
     assert pred.activations == measured["mem.activations"]
     assert pred.optimizer_state == measured["mem.optimizer_state"]
     assert pred.gradients == measured["mem.gradients"] == pred.adapters
-    live = sum(measured[k] for k in ("mem.frozen_weights", "mem.quant_state",
-                                     "mem.adapter_params", "mem.gradients",
-                                     "mem.optimizer_state", "mem.activations"))
+    live = sum(
+        measured[k]
+        for k in (
+            "mem.frozen_weights",
+            "mem.quant_state",
+            "mem.adapter_params",
+            "mem.gradients",
+            "mem.optimizer_state",
+            "mem.activations",
+        )
+    )
     assert pred.training_live == pytest.approx(live, rel=0.01)
+
+
+def test_paged_optimizer_state_is_found_for_the_cuda_peak() -> None:
+    """bitsandbytes keeps paged state in CUDA managed memory, which the allocator's peak never
+    sees: the tensors marked ``is_paged`` are counted so the training peak can add them."""
+    from harness.measure.training_memory import optimizer_state_bytes
+
+    paged, plain = torch.zeros(1000), torch.zeros(10)
+    paged.is_paged = True
+    optimizer = SimpleNamespace(state={0: {"state1": paged, "step": plain}})
+    assert optimizer_state_bytes(optimizer) == 4040
+    assert optimizer_state_bytes(optimizer, paged_only=True) == 4000
+
+
+def test_cpus_with_one_name_and_different_matmul_features_are_different_environments() -> None:
+    from harness.measure.env import cpu_features, fingerprint
+
+    base = {"device": "cpu", "cpu": "AMD EPYC", "cpu_features": "avx2,fma"}
+    other = {**base, "cpu_features": "avx2,fma,avx512f,avx512_bf16"}
+    assert fingerprint(base) != fingerprint(other)
+    assert set(cpu_features().split(",")) - {""} <= {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+        "asimd",
+        "sve",
+    }

@@ -46,7 +46,8 @@ def test_seventy_b_prediction_is_fast_and_allocates_nothing() -> None:
     quant = preds["nf4-dq"].weights
     linear = sum(o * i for _, o, i in shape.linears)
     assert 8 * (quant["quantized_weights"] + quant["quant_state"]) / linear == pytest.approx(
-        4.127, abs=0.002)
+        4.127, abs=0.002
+    )
 
 
 def test_training_and_cache_terms_follow_their_formulas() -> None:
@@ -59,8 +60,12 @@ def test_training_and_cache_terms_follow_their_formulas() -> None:
     assert lora.optimizer_state == 8 * lora.trainable_params + 4 * 2 * 7 * 32
     assert lora.gradients == lora.adapters == 4 * lora.trainable_params
     assert lora.kv_cache == 2 * 32 * 4096 * 999 * 2 * 4  # 999 cached positions, fp32 on CPU
-    ckpt = mm.predict(shape, "nf4-dq", adapter="lora-r8",
-                      work=mm.Workload(train_batch=1, train_seq=512, checkpointing=True))
+    ckpt = mm.predict(
+        shape,
+        "nf4-dq",
+        adapter="lora-r8",
+        work=mm.Workload(train_batch=1, train_seq=512, checkpointing=True),
+    )
     assert 0 < ckpt.activations_checkpointed < lora.activations / 10
     full = mm.predict(shape, "bf16", adapter="full", work=work)
     tensors = len(shape.param_tensors)
@@ -76,7 +81,8 @@ def test_optimizer_state_per_implementation() -> None:
     assert mm.optimizer_bytes(tensors, "adamw") == 2 * 4 * 8292 + 8
     assert mm.optimizer_bytes(tensors, "paged_adamw_32bit") == 8 * 8292
     assert mm.optimizer_bytes(tensors, "paged_adamw_8bit") == (
-        2 * 8192 + 8 * 32 + 8 * 100 + 2 * 256 * 4)
+        2 * 8192 + 8 * 32 + 8 * 100 + 2 * 256 * 4
+    )
     bf16 = [(8192, 2)]
     assert mm.optimizer_bytes(bf16, "adamw") == 2 * 2 * 8192 + 4
 
@@ -86,3 +92,33 @@ def test_unknown_model_is_a_clear_error() -> None:
 
     with pytest.raises(HarnessError, match="no architecture known for builtin:nosuch"):
         mm.load_config("builtin:nosuch")
+
+
+def test_inference_peak_is_the_larger_of_prefill_and_decode() -> None:
+    shape = mm.model_shape(mm.load_config("llama-7b"))
+    long_prompt = mm.predict(shape, "fp16", work=mm.Workload(seq=2048 + 8, prompt=2048))
+    long_decode = mm.predict(shape, "fp16", work=mm.Workload(seq=8 + 2048, prompt=8))
+    # same cache at the end; the long prompt also needs its prefill working set
+    assert long_prompt.kv_cache == long_decode.kv_cache
+    assert long_prompt.inference_peak > long_decode.inference_peak
+
+
+def test_lora_targets_match_dotted_suffixes_and_adapter_dtype() -> None:
+    shape = mm.model_shape(mm.load_config("llama-7b"))
+    short = mm.predict(
+        shape, "bf16", adapter="lora-r8", work=mm.Workload(lora_targets=["q_proj", "v_proj"])
+    )
+    dotted = mm.predict(
+        shape,
+        "bf16",
+        adapter="lora-r8",
+        work=mm.Workload(lora_targets=["self_attn.q_proj", "self_attn.v_proj"]),
+    )
+    assert short.trainable_params == dotted.trainable_params == 32 * 2 * 8 * (4096 + 4096)
+    half = mm.predict(
+        shape,
+        "bf16",
+        adapter="lora-r8",
+        work=mm.Workload(lora_targets=["q_proj", "v_proj"], adapter_dtype="bfloat16"),
+    )
+    assert half.adapters == short.adapters // 2 and half.gradients == short.gradients // 2

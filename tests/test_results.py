@@ -90,6 +90,18 @@ def test_collect_keeps_matrix_order_and_only_listed_cells(tmp_path: Path, cells)
     assert set(collect(out, cells[1:])["cell_id"]) == {cells[1].id}
 
 
+def test_pending_files_are_never_collected_as_records(tmp_path: Path, cells) -> None:
+    """A worker's finished pending file (a dot-file) left by a killed driver is not a result."""
+    from harness.results_dir import ResultsDir
+
+    out = tmp_path / "out"
+    path = write_record(out, cells[0], _record(cells[0]))
+    pending = ResultsDir(out).pending_path(cells[0])
+    pending.write_text(path.read_text())
+    assert len(collect(out)["cell_id"].unique()) == 1
+    assert len(ResultsDir(out).records()) == 1
+
+
 def test_stored_status_rejects_corrupt_and_stale_records(tmp_path: Path, cells) -> None:
     out = tmp_path / "out"
     assert stored_status(out, cells[0]) is None

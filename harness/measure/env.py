@@ -67,6 +67,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide which matmul kernels run (and so every speed figure): two CPUs that
+# report the same model name in a VM ("AMD EPYC") can differ in them.
+MATMUL_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                   "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def cpu_features() -> str:
+    """The matmul-relevant CPU flags present here, comma-separated (empty if unknown)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return ""
+    return ",".join(f for f in MATMUL_FEATURES if f in flags)
+
+
 def total_memory_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -86,6 +106,7 @@ def collect(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_total_bytes": total_memory_bytes(),
@@ -128,7 +149,8 @@ def code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-HARDWARE_KEYS = ("device", "device_name", "cpu", "cpu_count", "compute_capability", "driver")
+HARDWARE_KEYS = ("device", "device_name", "cpu", "cpu_features", "cpu_count",
+                 "compute_capability", "driver")
 SOFTWARE_KEYS = ("python", "cuda", "harness_code", *(f"{lib}_version" for lib in LIBRARIES))
 
 

@@ -33,16 +33,17 @@ def gradient_bytes(params: Iterable[Any]) -> int:
     return tensor_bytes(p.grad for p in params if p.grad is not None)
 
 
-def optimizer_state_bytes(optimizer: Any) -> int:
+def optimizer_state_bytes(optimizer: Any, *, paged_only: bool = False) -> int:
     """Every tensor in the optimizer's per-parameter state (moments, step counters, bnb's
-    quantization maps), counted once."""
+    quantization maps), counted once; ``paged_only``: just the tensors bitsandbytes keeps in
+    CUDA managed memory (``is_paged``), which the CUDA caching allocator never sees."""
     import torch
 
     tensors = [
         v
         for state in optimizer.state.values()
         for v in state.values()
-        if isinstance(v, torch.Tensor)
+        if isinstance(v, torch.Tensor) and (not paged_only or getattr(v, "is_paged", False))
     ]
     return tensor_bytes(tensors)
 

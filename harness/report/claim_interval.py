@@ -24,20 +24,24 @@ def load_samples(dirs: list[Path], labels: list[str]) -> Samples:
     """Per-item samples of every ok row in every cell record, keyed by run label and cell id."""
     out: Samples = {}
     for results_dir, label in zip(dirs, labels, strict=True):
-        for path in sorted((Path(results_dir) / "cells").glob("*.json")):
+        for path in sorted(
+            p for p in (Path(results_dir) / "cells").glob("*.json") if not p.name.startswith(".")
+        ):
             try:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # a damaged record has no samples; the table reports the cell
             out[(label, record.get("cell_id", path.stem))] = {
-                r["metric"]: r["samples"] for r in record.get("rows", [])
+                r["metric"]: r["samples"]
+                for r in record.get("rows", [])
                 if r.get("samples") and r.get("status", "ok") == "ok"
             }
     return out
 
 
-def interval_side(comparison: str, target: float, tolerance: float, kind: str,
-                  low: float, high: float) -> bool | None:
+def interval_side(
+    comparison: str, target: float, tolerance: float, kind: str, low: float, high: float
+) -> bool | None:
     """True when all of [low, high] satisfies the comparison, False when none of it does,
     None when the interval straddles the threshold."""
     tol = tolerance * (abs(target) if kind == "relative" else 1.0)
@@ -66,8 +70,9 @@ def _paired(reducer: str, a: list[float], b: list[float]) -> tuple[float, float]
     return math.exp(cmp.low) - shift, math.exp(cmp.high) - shift
 
 
-def _combined(reducer: str, a: tuple[float, float], b: tuple[float, float] | None
-              ) -> tuple[float, float] | None:
+def _combined(
+    reducer: str, a: tuple[float, float], b: tuple[float, float] | None
+) -> tuple[float, float] | None:
     if b is None:
         return a
     if reducer == "difference":
@@ -78,8 +83,9 @@ def _combined(reducer: str, a: tuple[float, float], b: tuple[float, float] | Non
     return a[0] / b[1] - shift, a[1] / b[0] - shift
 
 
-def measured_interval(reducer: str, metric_a: str, metric_b: str | None, a: Any, b: Any
-                      ) -> tuple[tuple[float, float] | None, str]:
+def measured_interval(
+    reducer: str, metric_a: str, metric_b: str | None, a: Any, b: Any
+) -> tuple[tuple[float, float] | None, str]:
     """(interval, method) from the operands' ``samples`` or their cells' ``ci``, if any."""
     if b is not None and metric_a == metric_b == "perplexity":
         pair = _paired(reducer, a.samples or [], b.samples or [])

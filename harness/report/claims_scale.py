@@ -218,16 +218,26 @@ def predict_claim(claim_id: str, spec: AtScale, band: float | None) -> Predicted
     )
 
 
-def measured_error_band(frame: Any) -> float | None:
-    """The memory model's largest relative error over the validated cells of ``frame``."""
-    try:
-        from harness.memory_validation import error_band
-    except ImportError:
-        return None
-    return error_band(frame)
+WEIGHT_QUANTITIES = ("weight_bytes", "linear_bytes")
 
 
-def at_scale_table(claims: list[Any], band: float | None) -> Any:
+def measured_error_band(frame: Any) -> dict[str, float | None]:
+    """The memory model's largest relative errors over the validated cells of ``frame``:
+    ``weights`` (stored bytes, what weight claims predict) and ``totals`` (live totals and
+    peaks, what training and inference claims predict)."""
+    from harness.memory_validation import error_band
+
+    return {"weights": error_band(frame, ("weights",)), "totals": error_band(frame)}
+
+
+def band_for(band: float | dict[str, float | None] | None, quantity: str) -> float | None:
+    """The error band that applies to ``quantity`` (a single number applies to all)."""
+    if not isinstance(band, dict):
+        return band
+    return band["weights"] if quantity in WEIGHT_QUANTITIES else band["totals"]
+
+
+def at_scale_table(claims: list[Any], band: float | dict[str, float | None] | None) -> Any:
     """One row per claim with an ``at_scale`` block: setting, prediction, verdict."""
     import pandas as pd
 
@@ -236,7 +246,7 @@ def at_scale_table(claims: list[Any], band: float | None) -> Any:
         spec = claim.at_scale
         if spec is None:
             continue
-        p = predict_claim(claim.id, spec, band)
+        p = predict_claim(claim.id, spec, band_for(band, spec.quantity))
         setting = spec.a.describe() + ("" if spec.b is None else f" vs {spec.b.describe()}")
         rows.append(
             {

@@ -105,11 +105,12 @@ class QuantizedScheme(SchemeHandler):
 
     def linear_bytes(self, opts: Any, out: int, inp: int) -> tuple[int, int]:
         """Codes at ``bits`` each; the formula's remaining bits are statistics, plus the
-        act-order permutation (int32 per input column). SpQR outliers are not known before
+        act-order permutation (int16 or int32 per input column). SpQR outliers are not known before
         calibration and are left out (each adds ~32 bits)."""
         n = out * inp
         extra = self.formula_bits(opts, out, inp, 0.0) - opts.bits
-        perm = 4 * inp if getattr(opts, "act_order", False) else 0
+        # the act-order permutation is stored as int16 up to 32767 columns, else int32
+        perm = (2 if inp <= 2**15 - 1 else 4) * inp if getattr(opts, "act_order", False) else 0
         return math.ceil(n * opts.bits / 8), math.ceil(n * extra / 8) + perm
 
     def load(self, source: Any, opts: Any, device: str) -> LoadedModel:

@@ -21,6 +21,7 @@ from harness.report.claims_scale import (
     HOLDS,
     UNDECIDED,
     AtScale,
+    band_for,
     measured_error_band,
     predict_claim,
 )
@@ -35,7 +36,7 @@ def _fake_band(monkeypatch: pytest.MonkeyPatch, band: float | None) -> list:
     seen: list = []
     module = types.ModuleType("harness.memory_validation")
 
-    def error_band(frame: pd.DataFrame) -> float | None:
+    def error_band(frame: pd.DataFrame, components: tuple = ("live total", "peak")):
         seen.append(frame)
         return band
 
@@ -98,11 +99,18 @@ def test_the_band_decides_the_predicted_verdict(monkeypatch: pytest.MonkeyPatch)
     assert "± 5.0%" in wide.text
     unknown = predict_claim("x", spec, None)
     assert unknown.verdict.startswith(HOLDS) and "error band unknown" in unknown.verdict
-    qlora = predict_claim("x", _claims()["qlora-65b-fits-48gb"].at_scale, 0.05)
-    assert qlora.verdict == FAILS and qlora.low > 48 and "GB ± 5.0%" in qlora.text
+    spec = _claims()["qlora-65b-fits-48gb"].at_scale
+    exact = predict_claim("x", spec, 0.0)
+    assert exact.verdict == FAILS and 48 < exact.value < 52  # bf16 adapters, paged state resident
+    qlora = predict_claim("x", spec, 0.05)
+    assert qlora.verdict == UNDECIDED and qlora.low < 48 < qlora.high and "GB ± 5.0%" in qlora.text
     seen = _fake_band(monkeypatch, 0.07)
     frame = pd.DataFrame({"metric": ["bytes.total"]})
-    assert measured_error_band(frame) == 0.07 and seen[0] is frame
+    assert measured_error_band(frame) == {"weights": 0.07, "totals": 0.07} and seen[0] is frame
+    # weight claims take the error of stored weights, training and inference ones the totals'
+    bands = {"weights": 0.001, "totals": 0.2}
+    assert band_for(bands, "weight_bytes") == 0.001 and band_for(bands, "linear_bytes") == 0.001
+    assert band_for(bands, "training_peak") == 0.2 and band_for(0.05, "weight_bytes") == 0.05
 
 
 def test_claims_command_prints_predictions_apart(monkeypatch: pytest.MonkeyPatch,
@@ -112,7 +120,7 @@ def test_claims_command_prints_predictions_apart(monkeypatch: pytest.MonkeyPatch
     check_claims([results_dir], console=Console(file=out, width=1000))
     measured, _, predicted = out.getvalue().partition("predicted at scale (memory model")
     assert "qlora-65b-fits-48gb" in predicted and "± 3.0% per prediction" in predicted
-    assert "predicted:" not in measured and len(seen) == 1
+    assert "predicted:" not in measured and len(seen) == 2  # weights and totals
     assert "smollm2-135m__int8__none__cpu" in measured  # cells named by id
 
 
