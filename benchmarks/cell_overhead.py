@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from harness.config import expand, load_experiment
+from harness.measure.env import collect as collect_env
 from harness.measure.env import cpu_name
 from harness.results import make_record, write_record
 from harness.runner.local import execute_cell
@@ -51,8 +52,9 @@ def cell_wall_times(tmp: Path, model: str, precision: str, repeats: int) -> list
 def reuse_time(tmp: Path, stored: int) -> float:
     cells = _experiment(tmp / "many.yaml", "reuse", "synthetic:tiny-llama", "fp32", stored)
     out = tmp / "reuse"
+    env = collect_env(cells[0].device)  # records of this environment: reused, not foreign
     for cell in cells:
-        write_record(out, cell, make_record(cell, "ok", [{"metric": "x", "value": 1.0}]))
+        write_record(out, cell, make_record(cell, "ok", [{"metric": "x", "value": 1.0}], env=env))
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "harness.cli", "run", str(tmp / "many.yaml"), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True)

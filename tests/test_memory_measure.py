@@ -207,3 +207,17 @@ def test_cpus_with_one_name_and_different_matmul_features_are_different_environm
         "asimd",
         "sve",
     }
+
+
+def test_weights_stored_as_tensor_subclasses_are_made_resident_and_measured() -> None:
+    """torchao keeps quantized weights as tensor subclasses that support no ``view``: touching
+    their pages goes through the inner tensors, and the phase still measures."""
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    quantize_(model, Int8WeightOnlyConfig())
+    mem.make_resident(model)  # raised NotImplementedError (aten.view) before
+    with mem.track_phase("cpu", model) as phase:
+        model(torch.randn(4, 256))
+    assert phase["peak_bytes"] >= phase["live_weights_bytes"] > 0

@@ -122,3 +122,15 @@ def test_lora_targets_match_dotted_suffixes_and_adapter_dtype() -> None:
         work=mm.Workload(lora_targets=["q_proj", "v_proj"], adapter_dtype="bfloat16"),
     )
     assert half.adapters == short.adapters // 2 and half.gradients == short.gradients // 2
+
+
+def test_gradients_replace_activations_in_the_training_peak() -> None:
+    shape = mm.model_shape(mm.load_config("smollm2-135m"))
+    work = mm.Workload(train_batch=2, train_seq=128)
+    for adapter in ("full", "lora-r4"):
+        p = mm.predict(shape, "fp32", adapter=adapter, work=work)
+        static = p.weight_bytes + p.adapters + p.optimizer_state + p.backward_transient
+        assert p.training_peak == static + max(p.activations, p.gradients)
+    full = mm.predict(shape, "fp32", adapter="full", work=work)
+    assert full.gradients > full.activations  # full fine-tuning: the gradients decide
+    assert full.training_peak < full.training_live + full.backward_transient

@@ -117,13 +117,22 @@ def make_resident(model: Any) -> None:
 
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.device.type != "cpu" or tensor.numel() == 0:
-                continue
-            flat = tensor.detach()
-            if not flat.is_contiguous():
-                continue  # a view of another tensor: that one is touched
-            step = max(1, 4096 // flat.element_size())
-            flat.view(-1)[::step].sum()
+            for plain in _plain_tensors(tensor.detach()):
+                if plain.device.type != "cpu" or plain.numel() == 0 or not plain.is_contiguous():
+                    continue  # a non-contiguous one is a view of a tensor that is touched
+                step = max(1, 4096 // plain.element_size())
+                plain.view(-1)[::step].sum()
+
+
+def _plain_tensors(tensor: Any) -> list[Any]:
+    """The plain tensors holding ``tensor``'s data: itself, or a tensor subclass's inner
+    tensors (torchao's quantized weights), found through ``__tensor_flatten__``."""
+    import torch
+
+    if type(tensor) is torch.Tensor or not hasattr(tensor, "__tensor_flatten__"):
+        return [tensor] if type(tensor) is torch.Tensor else []
+    names, _ = tensor.__tensor_flatten__()
+    return [t for n in names for t in _plain_tensors(getattr(tensor, n))]
 
 
 class Baseline:

@@ -101,7 +101,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     except Exception as exc:
         rows.append(_failure_row("adapter", exc))
         return record(_cell_status(rows), rows, storage=loaded.storage)
-    rows.extend({"workload": "load", **r} for r in baseline_rows(loaded.model, cell.device))
+    try:
+        rows.extend({"workload": "load", **r} for r in baseline_rows(loaded.model, cell.device))
+    except Exception as exc:  # the baseline is a measurement like any other: a row, not a crash
+        rows.append(_failure_row("load", exc))
     names = list(cell.workloads.enabled())
     budgets, budget_rows = adapt_budget(cell.workloads, names, cell.device, loaded)
     rows.extend(budget_rows)
