@@ -117,7 +117,7 @@ def make_resident(model: Any) -> None:
 
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            for plain in _plain_tensors(tensor.detach()):
+            for plain in _plain_tensors(tensor):
                 if plain.device.type != "cpu" or plain.numel() == 0 or not plain.is_contiguous():
                     continue  # a non-contiguous one is a view of a tensor that is touched
                 step = max(1, 4096 // plain.element_size())
@@ -126,11 +126,14 @@ def make_resident(model: Any) -> None:
 
 def _plain_tensors(tensor: Any) -> list[Any]:
     """The plain tensors holding ``tensor``'s data: itself, or a tensor subclass's inner
-    tensors (torchao's quantized weights), found through ``__tensor_flatten__``."""
+    tensors (torchao's quantized weights), found through ``__tensor_flatten__`` (no detach:
+    this also runs under ``inference_mode``, where subclasses refuse it)."""
     import torch
 
-    if type(tensor) is torch.Tensor or not hasattr(tensor, "__tensor_flatten__"):
-        return [tensor] if type(tensor) is torch.Tensor else []
+    if type(tensor) in (torch.Tensor, torch.nn.Parameter) or not hasattr(
+        tensor, "__tensor_flatten__"
+    ):
+        return [tensor]
     names, _ = tensor.__tensor_flatten__()
     return [t for n in names for t in _plain_tensors(getattr(tensor, n))]
 
