@@ -169,6 +169,15 @@ def error_band(frame: Any, components: tuple[str, ...] = TOTALS) -> float | None
     return float(rows["error"].abs().max()) if len(rows) else None
 
 
+def error_by_precision(frame: Any, components: tuple[str, ...] = TOTALS) -> dict[str, float]:
+    """Largest relative error of ``components`` per precision over the ok cells of ``frame``."""
+    table, _ = validate(frame)
+    if not len(table):
+        return {}
+    rows = table[table["component"].isin(components)]
+    return {str(p): float(g["error"].abs().max()) for p, g in rows.groupby("precision")}
+
+
 def summary(table: Any) -> Any:
     """Per phase and total: cells, largest error, and whether it meets its target."""
     import pandas as pd

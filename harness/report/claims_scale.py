@@ -221,20 +221,33 @@ def predict_claim(claim_id: str, spec: AtScale, band: float | None) -> Predicted
 WEIGHT_QUANTITIES = ("weight_bytes", "linear_bytes")
 
 
-def measured_error_band(frame: Any) -> dict[str, float | None]:
+def measured_error_band(frame: Any) -> dict[str, Any]:
     """The memory model's largest relative errors over the validated cells of ``frame``:
-    ``weights`` (stored bytes, what weight claims predict) and ``totals`` (live totals and
-    peaks, what training and inference claims predict)."""
-    from harness.memory_validation import error_band
+    ``weights`` (stored bytes, what weight claims predict; also per precision, since a
+    scheme's stored format is exact or not whatever the model) and ``totals`` (live totals
+    and peaks, what training and inference claims predict)."""
+    from harness.memory_validation import error_band, error_by_precision
 
-    return {"weights": error_band(frame, ("weights",)), "totals": error_band(frame)}
+    return {
+        "weights": error_band(frame, ("weights",)),
+        "totals": error_band(frame),
+        "weights_by_precision": error_by_precision(frame, ("weights",)),
+    }
 
 
-def band_for(band: float | dict[str, float | None] | None, quantity: str) -> float | None:
-    """The error band that applies to ``quantity`` (a single number applies to all)."""
+def band_for(
+    band: float | dict[str, Any] | None, quantity: str, precisions: tuple[str, ...] = ()
+) -> float | None:
+    """The error band that applies to ``quantity`` (a single number applies to all). A weight
+    quantity of precisions that were all validated takes their own largest weight error."""
     if not isinstance(band, dict):
         return band
-    return band["weights"] if quantity in WEIGHT_QUANTITIES else band["totals"]
+    if quantity not in WEIGHT_QUANTITIES:
+        return band["totals"]
+    per = band.get("weights_by_precision") or {}
+    if precisions and all(p in per for p in precisions):
+        return max(per[p] for p in precisions)
+    return band["weights"]
 
 
 def at_scale_table(claims: list[Any], band: float | dict[str, float | None] | None) -> Any:
@@ -246,7 +259,8 @@ def at_scale_table(claims: list[Any], band: float | dict[str, float | None] | No
         spec = claim.at_scale
         if spec is None:
             continue
-        p = predict_claim(claim.id, spec, band_for(band, spec.quantity))
+        precisions = tuple(x.precision for x in (spec.a, spec.b) if x is not None)
+        p = predict_claim(claim.id, spec, band_for(band, spec.quantity, precisions))
         setting = spec.a.describe() + ("" if spec.b is None else f" vs {spec.b.describe()}")
         rows.append(
             {

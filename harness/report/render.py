@@ -91,7 +91,7 @@ def memory_model_section(frame: Any) -> Section:
     section.text(
         "Each ok cell predicted from its own settings (no weights loaded) beside what it "
         "measured: live tensors by component, their total, and the phase peak (live model "
-        "tensors + process growth above the post-load baseline). Largest error per phase:")
+        "tensors + process growth above the phase start). Largest error per phase:")
     section.table(summary(table))
     shown, _ = predicted_vs_measured(frame)
     section.table(shown)
