@@ -13,9 +13,9 @@ import re
 from typing import Any
 
 from harness.data.corpus import builtin_corpus
+from harness.data.lmeval import default_task_dir, evaluate_tasks
 from harness.data.rolling_task import ROLLING_TASK, rolling_documents, write_rolling_task
 from harness.stats import bootstrap_mean
-from harness.workloads.lmeval import default_task_dir, evaluate_tasks
 
 
 def _task_rows(raw: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]:

@@ -41,9 +41,9 @@ def test_token_perplexity_hand_computed() -> None:
 
 
 def test_rolling_and_windowed_protocols_agree_on_a_short_corpus(tiny_source) -> None:
+    from harness.data.lmeval import evaluate_tasks
     from harness.data.rolling_task import ROLLING_TASK, write_rolling_task
     from harness.schemes import get_handler
-    from harness.workloads.lmeval import evaluate_tasks
 
     doc = "The quick brown fox jumps over the lazy dog. " * 6
     loaded = get_handler("fp32").load(tiny_source, get_handler("fp32").options(), "cpu")

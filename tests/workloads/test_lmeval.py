@@ -9,8 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from harness.data.lmeval import evaluate_tasks, results_table  # noqa: E402
 from harness.data.tasks import BUILTIN_TASKS  # noqa: E402
-from harness.workloads.lmeval import evaluate_tasks, results_table  # noqa: E402
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

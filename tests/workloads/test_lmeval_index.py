@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from harness.workloads.lmeval import _task_manager
+from harness.data.lmeval import _task_manager
 
 
 class FakeManager:
