@@ -128,9 +128,10 @@ def env(
     from harness.config import resolve_device
     from harness.measure.env import collect
 
-    if device not in ("auto", "cpu", "cuda"):
-        fail(HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda"))
-    info: dict[str, Any] = collect(resolve_device(device))
+    try:
+        info: dict[str, Any] = collect(resolve_device(device))
+    except HarnessError as exc:
+        fail(exc)
     width = max(map(len, info))
     for key, value in info.items():
         console.print(f"{key:<{width}}  {value}", highlight=False)

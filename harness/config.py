@@ -202,11 +202,19 @@ class Cell(BaseModel):
         return f"{slug}__{self.precision}__{self.adapter}__s{self.seed}__{self.content_hash}"
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """``device`` when it is a known device name, else a HarnessError naming the allowed ones."""
+    if device not in DEVICES:
+        raise HarnessError(f"unknown device '{device}'; allowed: {', '.join(DEVICES)}")
+    return device
+
+
 def resolve_device(device: str) -> Literal["cpu", "cuda"]:
     """``auto`` picks CUDA when present; asking for CUDA where there is none is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda")
-    if device == "cpu":
+    if check_device(device) == "cpu":
         return "cpu"
     import torch
 

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness.config import expand, load_experiment
+from harness.config import check_device, expand, load_experiment
 from harness.errors import HarnessError
 from harness.paths import repo_root
 from harness.results import FAILED, collect
@@ -74,8 +74,8 @@ def run_experiment(
     console = console or Console()
     launch = launch or Launch()
     exp = load_experiment(path)
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise HarnessError(f"unknown device '{device}'; allowed: auto, cpu, cuda")
+    if device is not None:
+        check_device(device)
     cells = expand(exp, device)
     if only:
         cells = [c for c in cells if fnmatch.fnmatch(c.id, only)]
