@@ -33,10 +33,16 @@ def make_report(
     from harness.report.claim_interval import load_samples
     from harness.report.paired import paired_table
 
-    paired = paired_table(list(dirs), list(names))
+    # only the cells the results tables hold: a cells/ folder may keep records of cells
+    # dropped from the experiment or measured by older code
+    paired = paired_table(list(dirs), list(names), cell_ids=set(frame["cell_id"]))
     paths = write_report(
-        frame, out, title=f"Benchmark report: {', '.join(names)}", claims_path=claims,
-        paired=paired, samples=load_samples(list(dirs), list(names)),
+        frame,
+        out,
+        title=f"Benchmark report: {', '.join(names)}",
+        claims_path=claims,
+        paired=paired,
+        samples=load_samples(list(dirs), list(names)),
     )
     figures = sorted(p.name for p in out.glob("*.png"))
     console.print(f"report: {paths['markdown']} and {paths['html']} ({len(figures)} figures)")

@@ -9,7 +9,6 @@ aligned samples it falls back to the cells' own 95% intervals, combined at their
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,12 @@ Samples = dict[tuple[str, str], dict[str, list[float]]]  # (run, cell_id) -> met
 
 def load_samples(dirs: list[Path], labels: list[str]) -> Samples:
     """Per-item samples of every ok row in every cell record, keyed by run label and cell id."""
+    from harness.results_dir import ResultsDir
+
     out: Samples = {}
     for results_dir, label in zip(dirs, labels, strict=True):
-        for path in sorted(
-            p for p in (Path(results_dir) / "cells").glob("*.json") if not p.name.startswith(".")
-        ):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue  # a damaged record has no samples; the table reports the cell
-            out[(label, record.get("cell_id", path.stem))] = {
+        for record in ResultsDir(Path(results_dir)).records():  # damaged ones are skipped
+            out[(label, record["cell_id"])] = {
                 r["metric"]: r["samples"]
                 for r in record.get("rows", [])
                 if r.get("samples") and r.get("status", "ok") == "ok"

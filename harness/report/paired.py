@@ -34,7 +34,12 @@ def _key(record: dict[str, Any]) -> tuple[str, str, int]:
     return cell["model"], cell["adapter"], cell["seed"]
 
 
-def paired_table(results_dirs: list[Path], labels: list[str], baseline: str = BASELINE) -> Any:
+def paired_table(
+    results_dirs: list[Path],
+    labels: list[str],
+    baseline: str = BASELINE,
+    cell_ids: set[str] | None = None,
+) -> Any:
     """Rows: run, precision, adapter, metric, difference vs baseline, 95% interval, verdict.
 
     For perplexity the items are per-window mean NLLs (a positive difference is worse); for
@@ -44,7 +49,7 @@ def paired_table(results_dirs: list[Path], labels: list[str], baseline: str = BA
 
     rows = []
     for results_dir, label in zip(results_dirs, labels, strict=True):
-        records = _records(results_dir)
+        records = [r for r in _records(results_dir) if cell_ids is None or r["cell_id"] in cell_ids]
         bases = {_key(r): _samples(r) for r in records if r["cell"]["precision"] == baseline}
         for record in records:
             base = bases.get(_key(record))

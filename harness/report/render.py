@@ -59,16 +59,9 @@ def render_figures(frame: Any, out_dir: Path) -> list[Section]:
     return sections
 
 
-def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
-    """The memory model beside every measured component, live total and peak, with the error;
-    then the largest error per phase against the model's targets."""
-
-    from harness.memory_validation import validate
-
-    table, notes = validate(frame)
-    if not len(table):
-        return table, notes
-    shown = (
+def shown_validation(table: Any) -> Any:
+    """The validation table as a report shows it: MB and a signed percentage error."""
+    return (
         table.assign(
             measured=(table["measured"] / 1e6).round(2),
             predicted=(table["predicted"] / 1e6).round(2),
@@ -77,7 +70,6 @@ def predicted_vs_measured(frame: Any) -> tuple[Any, list[str]]:
         .drop(columns=["cell_id"])
         .rename(columns={"measured": "measured MB", "predicted": "predicted MB"})
     )
-    return shown, notes
 
 
 def memory_model_section(frame: Any) -> Section:
@@ -93,8 +85,7 @@ def memory_model_section(frame: Any) -> Section:
         "measured: live tensors by component, their total, and the phase peak (live model "
         "tensors + process growth above the phase start). Largest error per phase:")
     section.table(summary(table))
-    shown, _ = predicted_vs_measured(frame)
-    section.table(shown)
+    section.table(shown_validation(table))
     for note in notes:
         section.text(note)
     return section

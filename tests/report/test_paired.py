@@ -31,3 +31,18 @@ def test_a_consistent_small_increase_is_significant_and_noise_is_not(tmp_path: P
     assert table.loc["int8", "difference"] == 0.01 and table.loc["int8", "significant"] == "yes"
     assert table.loc["bf16", "significant"] == "no"
     assert set(table["metric"]) == {"window NLL"} and "fp32" not in table.index
+
+
+def test_records_outside_the_results_table_are_left_out(tmp_path: Path) -> None:
+    """A cells/ folder may keep records of cells no longer in the table (older code, dropped
+    cells): only the table's cells are compared."""
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    base = [2.0 + 0.1 * i for i in range(20)]
+    _record(cells / "a.json", "fp32", base)
+    _record(cells / "b.json", "int8", [x + 0.01 for x in base])
+    _record(cells / "old.json", "bf16", [x + 0.5 for x in base])
+    every = paired_table([tmp_path], ["run"])
+    listed = paired_table([tmp_path], ["run"], cell_ids={"a", "b"})
+    assert set(every["precision"]) == {"int8", "bf16"}
+    assert set(listed["precision"]) == {"int8"}
