@@ -1,23 +1,32 @@
 """Does the harness's decode figure match a plain timed ``generate``? Alternated pairs.
 
-Loads one precision once and alternates, ``--pairs`` times on the same model and prompt: the
-inference workload (one timed prefill and one timed decode, memory tracking on) and a plain
-timing of ``model.generate`` of 1 token and of ``new_tokens`` tokens with ``perf_counter`` and
-nothing else. Both turn times into decode tokens/s as ``(new_tokens - 1) / (t_n - t_1)``. Prints
-each pair, the median ratio harness/plain (target: within 3% of 1.0) and the CPU.
+Sets the allocator as a cell process does, loads one precision once and alternates,
+``--pairs`` times on the same model and prompt: the inference workload (its tracked memory
+calls, then one timed prefill and one timed decode) and a plain timing of ``model.generate`` of
+1 token and of ``new_tokens`` tokens with ``perf_counter`` and nothing else. Both turn times
+into decode tokens/s as ``(new_tokens - 1) / (t_n - t_1)``. Prints each pair, the median ratio
+harness/plain (target: within 3% of 1.0) and the CPU.
 
-    .venv/bin/python benchmarks/decode_overhead.py [--precision fp32] [--pairs 7]
+The cell's timed calls run with glibc's thresholds at their ceiling (mmap 32 MiB, trim 64 MiB;
+see harness/measure/allocator.py). ``--fresh-process`` adds, for information, the same plain
+timing in a fresh process with glibc's defaults, whose dynamic thresholds may not have risen
+yet: code that allocates large temporaries per step can run slower there.
+
+    .venv/bin/python benchmarks/decode_overhead.py [--precision fp32] [--pairs 7] [--fresh-process]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 from harness.config import Cell
+from harness.measure import allocator
 from harness.measure.env import cpu_name
 from harness.models import resolve
 from harness.schemes import get_handler
@@ -54,13 +63,28 @@ def harness_decode_tps(loaded, cell, settings) -> float:
     )
 
 
+def fresh_process_tps(args: argparse.Namespace, runs: int = 3) -> list[float]:
+    """Plain decode tokens/s, each from a new process with glibc's default allocator."""
+    cmd = [sys.executable, __file__, "--plain-only", "--model", args.model]
+    cmd += ["--precision", args.precision, "--new-tokens", str(args.new_tokens)]
+    out = []
+    for _ in range(runs):
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out.append(float(done.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:smollm2-135m")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--fresh-process", action="store_true")
+    parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.plain_only:
+        allocator.use("timing")  # as a cell process does before loading
     settings = InferenceSettings(prompt_len=128, new_tokens=args.new_tokens, warmup=0, repeats=1)
     handler = get_handler(args.precision)
     opts = handler.options()
@@ -79,16 +103,27 @@ def main() -> None:
     prompts = inference._prompts(loaded.tokenizer, settings, loaded.model.device)
     pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id
     plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad)  # warm-up
+    if args.plain_only:  # the --fresh-process child: one plain figure, glibc defaults
+        print(plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad))
+        return
     print(f"cpu: {cpu_name()}; torch threads: {torch.get_num_threads()}; {args.precision}")
-    ratios = []
+    print(f"allocator for timed calls: {allocator.describe('timing')}")
+    ratios, harness_tps = [], []
     for i in range(args.pairs):
         harness = harness_decode_tps(loaded, cell, settings)
         plain = plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad)
         ratios.append(harness / plain)
+        harness_tps.append(harness)
         print(f"pair {i}: harness {harness:.2f}, plain {plain:.2f} tok/s, ratio {ratios[-1]:.3f}")
     median = statistics.median(ratios)
     verdict = "within" if abs(median - 1) <= 0.03 else "OUTSIDE"
     print(f"median ratio harness/plain over {args.pairs} pairs: {median:.3f} ({verdict} 3% of 1.0)")
+    if args.fresh_process:
+        fresh = fresh_process_tps(args)
+        ratio = statistics.median(harness_tps) / statistics.median(fresh)
+        listed = ", ".join(f"{t:.2f}" for t in fresh)
+        print(f"plain generate in fresh processes with glibc defaults: {listed} tok/s")
+        print(f"median harness / median fresh-process plain: {ratio:.3f}")
 
 
 if __name__ == "__main__":

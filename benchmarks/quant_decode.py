@@ -6,7 +6,8 @@ decode round-robin, ``--rounds`` times, with the inference workload at batch 1 (
 ``generate`` of 1 token, decode = the rest). Prints median decode tokens/s, the ratios to fp32
 and nf4 (targets: gptq-w4g128 >= 1.3x fp32 and >= nf4; spqr-w3 and spqr-w4 >= 1.0x fp32), the
 matmul kernel of each harness-quantized precision with its runtime and stored weight bytes, and
-the CPU.
+the CPU. The allocator is set as in a cell process (timed calls with glibc's thresholds at
+their ceiling; see harness/measure/allocator.py).
 
     .venv/bin/python benchmarks/quant_decode.py [--rounds 5] [--precisions fp32 nf4 ...]
 """
@@ -19,6 +20,7 @@ import statistics
 import torch
 
 from harness.config import Cell
+from harness.measure import allocator
 from harness.measure.env import cpu_name
 from harness.models import resolve
 from harness.schemes import get_handler
@@ -72,8 +74,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
+    allocator.use("timing")  # as a cell process does before loading
     settings = InferenceSettings(prompt_len=128, new_tokens=args.new_tokens, warmup=1, repeats=1)
     print(f"cpu: {cpu_name()}; torch threads: {torch.get_num_threads()}; batch 1")
+    print(f"allocator for timed calls: {allocator.describe('timing')}")
     models = {p: m for p in args.precisions if (m := load(args.model, p, settings)) is not None}
     samples: dict[str, list[float]] = {p: [] for p in models}
     for _ in range(args.rounds):

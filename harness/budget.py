@@ -2,16 +2,20 @@
 
 CPUs without bf16 (or fp16) instructions run those matmuls in software: on an AVX2-only CPU a
 bf16 prefill runs ~20x slower than fp32, and one bf16 cell of the default experiment took 13
-minutes. Such a cell (dense weights computing in a dtype the CPU lacks) keeps every workload but
-runs it on a capped budget (:data:`EMULATED_CAPS`): fewer perplexity and agreement tokens,
-fewer task items, a shorter decode. The cell records a ``budget.emulated`` row naming the missing
-CPU feature and the caps; every workload's protocol names the budget it actually ran.
-``HARNESS_FULL_BUDGET=1`` turns the caps off.
+minutes. A dtype counts as emulated where the CPU lacks its flags, or where a small matmul in it
+is measured slower than in fp32 (a CPU whose flags claim it while torch is held to a lower
+instruction set, e.g. ``ATEN_CPU_CAPABILITY=avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2``). Such a
+cell (dense weights computing in a dtype the CPU lacks) keeps every workload but runs it on a
+capped budget (:data:`EMULATED_CAPS`): fewer perplexity and agreement tokens, fewer task items,
+a shorter decode. The cell records a ``budget.emulated`` row naming why (the missing CPU
+feature or the measured slowdown) and the caps; every workload's protocol names the budget it
+actually ran. ``HARNESS_FULL_BUDGET=1`` turns the caps off.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -40,13 +44,56 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def emulated_dtype(device: str, storage: str, compute_dtype: str, flags=None) -> bool:
-    """True for a dense CPU cell computing in a dtype without native CPU instructions."""
+@lru_cache(maxsize=4)
+def matmul_slowdown(compute_dtype: str) -> float:
+    """Time of a 64x576 @ 576x1536 matmul in ``compute_dtype`` over fp32 on this CPU, one
+    thread (best of 5 after a warmup each; ~20 ms in all)."""
+    import torch
+
+    x, w = torch.randn(64, 576), torch.randn(1536, 576)
+
+    def best(dtype: Any) -> float:
+        a, b = x.to(dtype), w.to(dtype)
+        torch.nn.functional.linear(a, b)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.nn.functional.linear(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return best(getattr(torch, compute_dtype)) / best(torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def emulation_reason(
+    device: str, storage: str, compute_dtype: str, flags=None, slowdown: float | None = None
+) -> str:
+    """Why a dense CPU cell's compute dtype runs emulated here, or "" where it is native."""
     needed = NATIVE_FLAGS.get(compute_dtype)
     if device != "cpu" or storage != "dense" or needed is None:
-        return False
+        return ""
     flags = cpu_flags() if flags is None else flags
-    return not any(f in flags for f in needed)
+    if not any(f in flags for f in needed):
+        return f"CPU lacks {' or '.join(needed)}"
+    slowdown = matmul_slowdown(compute_dtype) if slowdown is None else slowdown
+    if slowdown > 1.0:
+        return (
+            f"a {compute_dtype} matmul measured {slowdown:.1f}x slower than float32 although "
+            f"the CPU lists {' or '.join(f for f in needed if f in flags)}"
+        )
+    return ""
+
+
+def emulated_dtype(
+    device: str, storage: str, compute_dtype: str, flags=None, slowdown=None
+) -> bool:
+    """True for a dense CPU cell computing in a dtype without native CPU instructions."""
+    return bool(emulation_reason(device, storage, compute_dtype, flags, slowdown))
 
 
 def _capped(settings: Any, caps: dict[str, int]) -> Any:
@@ -61,12 +108,12 @@ def _capped(settings: Any, caps: dict[str, int]) -> Any:
 def adapt(workloads: Any, names: list[str], device: str, loaded: Any) -> tuple[dict, list[dict]]:
     """``({workload: settings to run}, rows)``; settings are capped for emulated cells."""
     settings = {n: getattr(workloads, n) for n in names}
-    if os.environ.get(FULL_BUDGET_ENV) == "1" or not emulated_dtype(
-        device, loaded.storage, loaded.compute_dtype
-    ):
+    if os.environ.get(FULL_BUDGET_ENV) == "1":
+        return settings, []
+    why = emulation_reason(device, loaded.storage, loaded.compute_dtype)
+    if not why:
         return settings, []
     settings = {n: _capped(s, EMULATED_CAPS.get(n, {})) for n, s in settings.items()}
-    flags = " or ".join(NATIVE_FLAGS[loaded.compute_dtype])
     caps = "; ".join(
         f"{n}: " + ", ".join(f"{k}<={v}" for k, v in c.items())
         for n, c in EMULATED_CAPS.items()
@@ -77,6 +124,6 @@ def adapt(workloads: Any, names: list[str], device: str, loaded: Any) -> tuple[d
         "metric": "budget.emulated",
         "value": 1.0,
         "unit": "bool",
-        "method": f"{loaded.compute_dtype} emulated (CPU lacks {flags}); capped budget: {caps}",
+        "method": f"{loaded.compute_dtype} emulated ({why}); capped budget: {caps}",
     }
     return settings, [row]

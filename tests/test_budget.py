@@ -8,7 +8,15 @@ from harness import budget
 from harness.workloads.settings import Workloads
 
 AVX2 = frozenset({"avx2", "fma"})
+MEASURED_SLOWDOWN = budget.matmul_slowdown  # the real one, before any test replaces it
 SAPPHIRE = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"})
+
+
+@pytest.fixture(autouse=True)
+def _native_speed(monkeypatch):
+    """A 16-bit matmul as fast as fp32 unless a test says otherwise: the suite runs on CPUs
+    with and without bf16 instructions."""
+    monkeypatch.setattr(budget, "matmul_slowdown", lambda dtype: 0.5)
 
 
 def _workloads():
@@ -26,6 +34,18 @@ def test_emulated_only_for_dense_cpu_cells_without_the_flags():
     assert not budget.emulated_dtype("cpu", "dense", "float32", AVX2)
     assert not budget.emulated_dtype("cuda", "dense", "bfloat16", AVX2)
     assert not budget.emulated_dtype("cpu", "quantized", "float16", AVX2)
+
+
+def test_flags_that_claim_bf16_while_its_matmul_is_measured_slow_mean_emulated():
+    assert budget.emulated_dtype("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=3.8)
+    assert not budget.emulated_dtype("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=0.3)
+    why = budget.emulation_reason("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=3.8)
+    assert "3.8x slower than float32" in why and "avx512_bf16" in why
+
+
+def test_the_slowdown_is_a_ratio_of_measured_matmul_times():
+    ratio = MEASURED_SLOWDOWN.__wrapped__("float32")  # fp32 against itself
+    assert 0.5 < ratio < 2.0
 
 
 def test_emulated_cell_gets_capped_settings_and_a_row(monkeypatch):

@@ -6,8 +6,11 @@ the phase above its start. Before the start, freed memory is handed back to the 
 (``gc`` + glibc ``malloc_trim`` on CPU, ``empty_cache`` on CUDA), so pages left behind by
 loading (a 4-bit model is built from fp32 first) are not counted, and neither are imported
 libraries (~0.5 GB of a CPU process): those are what whole-process RSS adds, and RSS
-ranks precisions backwards. Whole-process figures stay available under their own names
-(``peak_rss_absolute_bytes``, NVML rows), never as the figure tables, plots and claims use.
+ranks precisions backwards. A tracked phase runs with the allocator's ``memory`` settings
+(:mod:`harness.measure.allocator`: freed tensors leave the process at once), which slow some
+code down: workloads time their calls outside every tracked phase. Whole-process figures stay
+available under their own names (``peak_rss_absolute_bytes``, NVML rows), never as the figure
+tables, plots and claims use.
 
 CPU: the growth is the kernel's resident high-water mark (VmHWM, reset through
 /proc/self/clear_refs) above the RSS at phase start; where the reset is refused the method says
@@ -26,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from harness.measure.allocator import memory_window
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -74,26 +79,6 @@ def _malloc_trim() -> bool:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):  # not glibc: nothing to hand back this way
         return False
-
-
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
-
-
-def configure_allocator() -> str:
-    """Serve every allocation of 128 KiB or more with its own mapping (glibc ``mallopt``).
-
-    By default glibc raises that threshold each time a large block is freed (up to 32 MiB), so
-    activations freed in one step stay resident in the heap and the process peak mixes what a
-    phase needs with what the allocator kept. A fixed threshold returns large tensors to the
-    system when freed, so the resident peak follows live tensors. Called once at the start of
-    a cell process; the returned text goes on the memory rows' method.
-    """
-    try:
-        ok = ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        return "allocator defaults (not glibc)"
-    return f"glibc mmap threshold {MMAP_THRESHOLD // 1024} KiB" if ok else "allocator defaults"
 
 
 def release_freed_memory(device: str) -> None:
@@ -229,17 +214,21 @@ class PhaseResult(dict):
 def track_phase(device: str, model: Any = None) -> Iterator[PhaseResult]:
     """Measure the ``with`` body; fills the yielded dict on exit.
 
+    The body runs with the allocator's ``memory`` settings (see :mod:`harness.measure.allocator`):
+    time nothing inside it.
+
     With ``model``, ``peak_bytes`` is its live tensors at the start plus the growth during the
     body; without it (loading: there is no model yet) only the growth and absolute figures.
     """
     result = PhaseResult()
-    if model is not None and device != "cuda":
-        make_resident(model)
-    release_freed_memory(device)
-    live = model_tensor_bytes(model) if model is not None else None
-    tracker = _track_cuda if device == "cuda" else _track_cpu
-    with tracker(result, live, Baseline.current if model is not None else None):
-        yield result
+    with memory_window():  # set before freed memory is handed back
+        if model is not None and device != "cuda":
+            make_resident(model)
+        release_freed_memory(device)
+        live = model_tensor_bytes(model) if model is not None else None
+        tracker = _track_cuda if device == "cuda" else _track_cpu
+        with tracker(result, live, Baseline.current if model is not None else None):
+            yield result
 
 
 @contextmanager

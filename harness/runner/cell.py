@@ -15,8 +15,9 @@ from typing import Any
 
 from harness.config import Cell
 from harness.errors import SkipCell
+from harness.measure import allocator
 from harness.measure.env import collect as collect_env
-from harness.measure.memory import baseline_rows, configure_allocator, phase_rows, track_phase
+from harness.measure.memory import baseline_rows, phase_rows, track_phase
 from harness.results import make_record
 from harness.runner.preflight import preflight
 
@@ -46,6 +47,21 @@ def _cell_status(rows: list[dict[str, Any]]) -> str:
     return "ok"
 
 
+def allocator_rows() -> list[dict[str, Any]]:
+    """The mmap threshold memory phases and timed calls ran with (None: not glibc)."""
+    known = allocator.current() is not None
+    return [
+        {
+            "workload": "load",
+            "metric": f"allocator_{mode}_mmap_threshold_bytes",
+            "unit": "bytes",
+            "value": float(allocator.SETTINGS[mode][0]) if known else None,
+            "method": allocator.describe(mode),
+        }
+        for mode in ("memory", "timing")
+    ]
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Everything one cell measures, as a results record (see harness.results)."""
     import torch
@@ -56,7 +72,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from harness.schemes import get_handler
     from harness.workloads import get_runner
 
-    allocator = configure_allocator()  # before anything large is allocated
+    allocator.use("timing")  # before anything large is allocated; tracked phases switch
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     env = collect_env(cell.device)
@@ -84,13 +100,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         return record("oom" if _is_oom(exc) else "error", [], error=_describe(exc))
     rows = [
         {"workload": "load", "metric": "load_time_s", "value": load_s, "unit": "s"},
-        {
-            "workload": "load",
-            "metric": "allocator_mmap_threshold_bytes",
-            "unit": "bytes",
-            "value": None if "threshold" not in allocator else 128.0 * 1024,
-            "method": allocator,
-        },
+        *allocator_rows(),
         *({"workload": "load", **r} for r in phase_rows("load", load_mem)),
         *({"workload": "load", **r} for r in loaded.rows),
     ]

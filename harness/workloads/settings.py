@@ -31,9 +31,10 @@ class InferenceSettings(_Settings):
     new_tokens: int = Field(32, ge=2)
     """Tokens generated per sequence in the decode phase (greedy, exactly this many)."""
     warmup: int = Field(1, ge=0)
-    """Untimed runs before measuring."""
+    """Untimed runs before each phase's tracked memory call and again before its timed runs."""
     repeats: int = Field(3, ge=1)
-    """Timed runs; median, p10 and p90 are reported."""
+    """Timed runs (after the tracked memory calls, outside them); median, p10 and p90 are
+    reported."""
 
 
 class TrainingSettings(_Settings):
@@ -47,7 +48,9 @@ class TrainingSettings(_Settings):
     steps: int = Field(10, ge=1)
     """Optimizer steps (each of ``grad_accum`` micro-batches)."""
     warmup_steps: int = Field(2, ge=0)
-    """First steps left out of the tokens/s statistics (lazy initialisation, allocator)."""
+    """First steps left out of the tokens/s statistics (lazy initialisation, allocator). The
+    first two steps are the memory window and are never timed either; with no step after
+    both, the steps after the warmup are timed and their method says so."""
     batch_size: int = Field(2, ge=1)
     """Sequences per micro-batch."""
     seq_len: int = Field(128, ge=2)

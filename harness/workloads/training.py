@@ -2,7 +2,8 @@
 
 Runs ``steps`` optimizer steps of ``grad_accum`` micro-batches on consecutive ``seq_len``-token
 windows of the builtin corpus' *train* split (never the evaluation split), with a constant
-learning rate. Throughput statistics leave out the first ``warmup_steps`` steps. Memory is
+learning rate. The first two steps are the memory window (allocator memory settings); throughput
+statistics leave out those and the first ``warmup_steps`` steps. Memory is
 reported twice: as a breakdown counted from live tensors (frozen weights with quantization
 state, adapter, gradients, optimizer state, activations saved for backward) and as the
 process peak (VmHWM on CPU, the allocator on CUDA), so each can be checked against the other.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.measure import allocator
 from harness.measure import training_memory as tm
 from harness.measure.memory import phase_rows, track_phase
 from harness.measure.timing import summary_rows, sync_device
@@ -54,12 +56,19 @@ class TrainResult:
     peak: Any = None
 
 
+MEMORY_STEPS = 2
+"""Steps inside the memory window: step 0 creates the optimizer state, step 1 is the first
+with it held through forward and backward; later steps repeat step 1."""
+
+
 def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -> TrainResult:
     """``settings.steps`` optimizer steps; ``batch(k)`` is the k-th micro-batch of token ids.
 
     Step 0 is also the measured step: saved tensors of its first micro-batch, gradient bytes
     after its backward, optimizer state after its update. The phase peak (the model's live
-    tensors plus the process growth above the phase start) covers every step.
+    tensors plus the process growth above the phase start) covers the first
+    :data:`MEMORY_STEPS` steps, with the allocator's memory settings; the steps after them run
+    with its timing settings, and only those are timed (see :func:`timed_steps`).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -70,41 +79,67 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
     meter = tm.SavedTensorMeter(model)
     model.train()
     out = TrainResult()
-    paged = 0
-    with track_phase(device, model) as peak:
-        for step in range(settings.steps):
-            sync_device(device)
-            t0 = time.perf_counter()
-            loss_sum = 0.0
-            for micro in range(settings.grad_accum):
-                ids = batch(step * settings.grad_accum + micro)
-                if step == 0 and micro == 0:
-                    with meter.measure():
-                        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                    meter.add_graph(loss)
-                else:
+    state = {"paged": 0}
+
+    def step(k: int) -> None:
+        sync_device(device)
+        t0 = time.perf_counter()
+        loss_sum = 0.0
+        for micro in range(settings.grad_accum):
+            ids = batch(k * settings.grad_accum + micro)
+            if k == 0 and micro == 0:
+                with meter.measure():
                     loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                (loss / settings.grad_accum).backward()
-                loss_sum += float(loss.detach())
-            if step == 0:
-                sync_device(device)
-                out.memory["mem.gradients"] = tm.gradient_bytes(params)
-                out.memory["mem.activations"] = meter.bytes
-            optimizer.step()
-            if step == 0:
-                out.memory["mem.optimizer_state"] = tm.optimizer_state_bytes(optimizer)
-                paged = tm.optimizer_state_bytes(optimizer, paged_only=True)
-            optimizer.zero_grad(set_to_none=True)
+                meter.add_graph(loss)
+            else:
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            (loss / settings.grad_accum).backward()
+            loss_sum += float(loss.detach())
+        if k == 0:
             sync_device(device)
-            out.step_s.append(time.perf_counter() - t0)
-            out.losses.append(loss_sum / settings.grad_accum)
+            out.memory["mem.gradients"] = tm.gradient_bytes(params)
+            out.memory["mem.activations"] = meter.bytes
+        optimizer.step()
+        if k == 0:
+            out.memory["mem.optimizer_state"] = tm.optimizer_state_bytes(optimizer)
+            state["paged"] = tm.optimizer_state_bytes(optimizer, paged_only=True)
+        optimizer.zero_grad(set_to_none=True)
+        sync_device(device)
+        out.step_s.append(time.perf_counter() - t0)
+        out.losses.append(loss_sum / settings.grad_accum)
+
+    window = min(settings.steps, MEMORY_STEPS)
+    with track_phase(device, model) as peak:
+        for k in range(window):
+            step(k)
+    for k in range(window, settings.steps):
+        step(k)
+    paged = state["paged"]
     if device == "cuda" and paged and peak.get("peak_bytes") is not None:
         # paged state lives in managed memory, outside the allocator's peak: add it, say so
-        peak.put("peak_bytes", peak["peak_bytes"] + paged,
-                 f"{peak.method} + paged optimizer state ({paged} B, CUDA managed memory)")
+        peak.put(
+            "peak_bytes",
+            peak["peak_bytes"] + paged,
+            f"{peak.method} + paged optimizer state ({paged} B, CUDA managed memory)",
+        )
     out.peak = peak
     model.eval()
     return out
+
+
+def timed_steps(settings: Any) -> tuple[int, str]:
+    """``(first timed step, method)``: the steps after both the warmup steps and the memory
+    window; where none is left, the steps after the warmup, named as timed with the memory
+    allocator settings."""
+    first = max(settings.warmup_steps, MEMORY_STEPS)
+    if first < settings.steps:
+        where = allocator.describe("timing")
+        return first, f"steps {first}.. timed after the memory window ({where})"
+    first = settings.warmup_steps
+    return first, (
+        f"steps {first}.. timed inside the memory window ({allocator.describe('memory')}): "
+        f"run more than {MEMORY_STEPS} steps to time outside it"
+    )
 
 
 def parameter_rows(model: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -163,7 +198,8 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     batch = corpus_batches(loaded.tokenizer, settings, model.device)
     result = train(model, batch, settings, cell.device)
     tokens = settings.batch_size * settings.seq_len * settings.grad_accum
-    timed = result.step_s[settings.warmup_steps :]
+    first, timing = timed_steps(settings)
+    timed = result.step_s[first:]
     info = corpus_info("builtin", "train")
     protocol = (
         f"steps={settings.steps};warmup={settings.warmup_steps};batch={settings.batch_size};"
@@ -185,7 +221,10 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         "mem.optimizer_state",
     )
     rows = [
-        *summary_rows("train_tokens_per_s", [tokens / s for s in timed], "tokens/s"),
+        *(
+            {**r, "method": timing}
+            for r in summary_rows("train_tokens_per_s", [tokens / s for s in timed], "tokens/s")
+        ),
         {"metric": "loss_start", "value": result.losses[0], "unit": "nats/token"},
         {"metric": "loss_end", "value": result.losses[-1], "unit": "nats/token"},
         *param_rows,

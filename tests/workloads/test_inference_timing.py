@@ -1,9 +1,13 @@
-"""Inference timing: both phases are the same ``generate`` a user calls, never a bare forward."""
+"""Inference timing: both phases are the same ``generate`` a user calls, never a bare forward,
+timed outside every memory window."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
+from harness.measure import allocator
 from harness.schemes import get_handler
 from harness.workloads import inference
 from harness.workloads.settings import InferenceSettings
@@ -18,7 +22,8 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
     real_forward = model.forward
 
     def generate(**kwargs):
-        calls.append(f"generate:{kwargs['max_new_tokens']}:{kwargs['min_new_tokens']}")
+        mode = allocator.current()
+        calls.append(f"{mode}:generate:{kwargs['max_new_tokens']}:{kwargs['min_new_tokens']}")
         return real_generate(**kwargs)
 
     def forward(*args, **kwargs):
@@ -28,15 +33,22 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
 
     monkeypatch.setattr(model, "generate", generate)
     monkeypatch.setattr(model, "forward", forward)
+    allocator.use("timing")  # as a cell process starts
     clock = iter(range(1000))
     # fake timings: prefill runs take 1 s, decode runs 4 s (time_call reads perf_counter)
     monkeypatch.setattr(inference, "time_call", _fake_time_call(clock))
     settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=0, repeats=2)
     rows = inference.run(loaded, SimpleNamespace(device="cpu"), settings)
-    # timed: two prefills then two decodes; then one untimed prompt forward and one decode
-    # whose caches are counted (live KV cache bytes)
-    assert calls[:4] == ["generate:1:1"] * 2 + ["generate:4:4"] * 2
-    assert calls[4:] == ["generate:4:4"]
+    # memory first: one tracked prefill and one tracked decode with the memory settings; one
+    # untimed decode whose cache is counted; then two timed prefills and two timed decodes with
+    # the timing settings
+    assert calls == [
+        "memory:generate:1:1",
+        "memory:generate:4:4",
+        "timing:generate:4:4",
+        *["timing:generate:1:1"] * 2,
+        *["timing:generate:4:4"] * 2,
+    ]
     values = {(r["metric"], r.get("stat")): r["value"] for r in rows}
     assert values[("prefill_tokens_per_s", "median")] == 8 / 1.0
     # 3 decode steps after the first token, in 4 s minus the 1 s prefill
@@ -52,3 +64,32 @@ def _fake_time_call(clock):
         return [seconds] * repeats
 
     return time_call
+
+
+def _settings(repeats: int = 3) -> InferenceSettings:
+    return InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=0, repeats=repeats)
+
+
+def _decode_values(prefill_s: list[float], generate_s: list[float]) -> list[dict]:
+    loaded = SimpleNamespace(model=SimpleNamespace(named_parameters=lambda: []))
+    rows = inference._decode_rows(loaded, _settings(), prefill_s, generate_s, "t")
+    return [r for r in rows if r["metric"] == "decode_tokens_per_s"]
+
+
+@pytest.mark.parametrize(
+    ("prefill_s", "generate_s"),
+    [
+        ([1.0, 1.0, 1.0], [0.9, 1.2, 1.3]),  # a generate shorter than the median prefill
+        ([0.8, 1.0, 1.4], [1.3, 1.35, 1.4]),  # decode time (0.35 s) within the prefill spread
+    ],
+)
+def test_decode_time_that_is_noise_gives_skipped_rows_not_a_rate(prefill_s, generate_s):
+    rows = _decode_values(prefill_s, generate_s)
+    assert [r["status"] for r in rows] == ["skipped"]
+    assert rows[0]["value"] is None and "not measurable" in rows[0]["error"]
+
+
+def test_measurable_decode_time_gives_the_rate(monkeypatch):
+    monkeypatch.setattr(inference, "inventory", lambda model: [])
+    rows = _decode_values([1.0, 1.0, 1.0], [4.0, 4.0, 4.0])
+    assert {r["stat"]: r["value"] for r in rows} == {"median": 1.0, "p10": 1.0, "p90": 1.0}

@@ -115,7 +115,7 @@ def test_workload_rows_through_a_cell(tmp_path: Path, synthetic_cache: Path) -> 
     text = (
         TINY_EXPERIMENT.replace("[fp32, bf16]", "[fp32]").replace(
             "footprint: {}",
-            "footprint: {enabled: false}\n  training: {enabled: true, steps: 3, warmup_steps: 1,"
+            "footprint: {enabled: false}\n  training: {enabled: true, steps: 4, warmup_steps: 1,"
             " batch_size: 2, seq_len: 32, save_adapter: true}",
         )
         + "adapters: [none, lora-r4]\n"
@@ -130,7 +130,9 @@ def test_workload_rows_through_a_cell(tmp_path: Path, synthetic_cache: Path) -> 
         assert (metric, "live-tensors") in metrics
     assert ("mem.activations", "saved-tensors") in metrics
     tps = [r for r in rows if r["metric"] == "train_tokens_per_s"]
+    # steps 0 and 1 are the memory window: steps 2 and 3 are timed, after it
     assert {r["stat"] for r in tps} == {"median", "p10", "p90"} and tps[0]["n"] == 2
+    assert "after the memory window" in tps[0]["method"]
     assert all(":train@" in r["protocol"] for r in rows)  # never the evaluation split
     value = {r["metric"]: r["value"] for r in rows}
     assert value["trainable_params"] == 2 * 4 * (128 + 96 + 96 + 128 + 192 * 3)
@@ -140,3 +142,16 @@ def test_workload_rows_through_a_cell(tmp_path: Path, synthetic_cache: Path) -> 
     assert value["train_peak_bytes"] > 0
     order = [r["workload"] for r in record["rows"]]
     assert order.index("training") < order.index("perplexity")  # ppl of the trained model
+
+
+@pytest.mark.parametrize(
+    ("steps", "warmup", "first", "where"),
+    [(10, 2, 2, "after"), (10, 0, 2, "after"), (5, 3, 3, "after"), (2, 0, 0, "inside")],
+)
+def test_steps_are_timed_after_the_memory_window_where_any_are_left(steps, warmup, first, where):
+    from harness.workloads.settings import TrainingSettings
+    from harness.workloads.training import timed_steps
+
+    settings = TrainingSettings(enabled=True, steps=steps, warmup_steps=warmup)
+    got_first, method = timed_steps(settings)
+    assert got_first == first and f"{where} the memory window" in method

@@ -1,0 +1,65 @@
+"""The allocator's two settings: tracked phases hand large blocks back at once, timed calls
+reuse them from the heap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.measure import allocator
+from harness.measure.memory import track_phase
+
+_PROBE = """
+import ctypes, sys
+from harness.measure import allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    sys.exit(77)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+for mode in sys.argv[1:]:
+    allocator.use(mode)
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(1 << 20)
+    print(mode, libc.mallinfo2().hblks - before)
+    libc.free(block)
+"""
+
+
+def _mapped_1mib_blocks(*modes: str) -> dict[str, int]:
+    """Per mode, how many mappings of its own glibc gave a 1 MiB block (``mallinfo2().hblks``),
+    in a fresh interpreter: blocks this test process freed earlier would be reused instead."""
+    done = subprocess.run([sys.executable, "-c", _PROBE, *modes], capture_output=True, text=True)
+    if done.returncode == 77:
+        pytest.skip("glibc without mallinfo2")
+    assert done.returncode == 0, done.stderr
+    return {mode: int(n) for mode, n in (line.split() for line in done.stdout.splitlines())}
+
+
+def test_memory_settings_map_a_1mib_block_and_timing_settings_do_not() -> None:
+    assert _mapped_1mib_blocks("memory", "timing") == {"memory": 1, "timing": 0}
+
+
+def test_a_tracked_phase_runs_with_memory_settings_and_leaves_timing_ones() -> None:
+    allocator.use("timing")
+    with track_phase("cpu"):
+        assert allocator.current() == "memory"
+    assert allocator.current() == "timing"
+    with pytest.raises(RuntimeError), track_phase("cpu"):
+        raise RuntimeError("a failing phase")
+    assert allocator.current() == "timing"  # restored even when the phase raises
+
+
+def test_the_settings_are_described_as_they_are() -> None:
+    allocator.use("timing")
+    assert allocator.describe("memory") == "glibc mmap threshold 128 KiB, trim threshold 128 KiB"
+    assert allocator.describe("timing") == "glibc mmap threshold 32 MiB, trim threshold 64 MiB"
