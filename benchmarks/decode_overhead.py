@@ -3,7 +3,8 @@
 Sets the allocator as a cell process does, loads one precision once and alternates,
 ``--pairs`` times on the same model and prompt: the inference workload (its tracked memory
 calls, then one timed prefill and one timed decode) and a plain timing of ``model.generate`` of
-1 token and of ``new_tokens`` tokens with ``perf_counter`` and nothing else. Both turn times
+1 token and of ``new_tokens`` tokens with ``perf_counter`` and nothing else (after one untimed
+call, with the allocator settings the workload times with). Both turn times
 into decode tokens/s as ``(new_tokens - 1) / (t_n - t_1)``. Prints each pair, the median ratio
 harness/plain (target: within 3% of 1.0) and the CPU.
 
@@ -18,6 +19,7 @@ yet: code that allocates large temporaries per step can run slower there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -34,8 +36,9 @@ from harness.workloads import inference
 from harness.workloads.settings import InferenceSettings, Workloads
 
 
-def plain_decode_tps(model, prompts, n_new: int, pad: int) -> float:
-    """Decode tokens/s from one bare ``generate(1)`` and one bare ``generate(n_new)``."""
+def plain_decode_tps(model, prompts, n_new: int, pad: int, glibc_defaults: bool = False) -> float:
+    """Decode tokens/s from one bare ``generate(1)`` and one bare ``generate(n_new)``, with the
+    workload's timing settings of the allocator (or glibc's own, untouched)."""
     mask = torch.ones_like(prompts)
 
     def seconds(n: int) -> float:
@@ -50,7 +53,9 @@ def plain_decode_tps(model, prompts, n_new: int, pad: int) -> float:
         )
         return time.perf_counter() - start
 
-    with torch.inference_mode():
+    window = contextlib.nullcontext() if glibc_defaults else allocator.timing_window()
+    with torch.inference_mode(), window:
+        seconds(n_new)  # grows the heap the timed calls reuse, as the workload's warmup does
         t_first = seconds(1)
         t_all = seconds(n_new)
     return prompts.shape[0] * (n_new - 1) / (t_all - t_first)
@@ -84,7 +89,7 @@ def main() -> None:
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.plain_only:
-        allocator.use("timing")  # as a cell process does before loading
+        allocator.use("memory")  # as a cell process does before loading
     settings = InferenceSettings(prompt_len=128, new_tokens=args.new_tokens, warmup=0, repeats=1)
     handler = get_handler(args.precision)
     opts = handler.options()
@@ -102,10 +107,10 @@ def main() -> None:
     )
     prompts = inference._prompts(loaded.tokenizer, settings, loaded.model.device)
     pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id
-    plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad)  # warm-up
     if args.plain_only:  # the --fresh-process child: one plain figure, glibc defaults
-        print(plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad))
+        print(plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad, True))
         return
+    plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad)  # warm-up
     print(f"cpu: {cpu_name()}; torch threads: {torch.get_num_threads()}; {args.precision}")
     print(f"allocator for timed calls: {allocator.describe('timing')}")
     ratios, harness_tps = [], []

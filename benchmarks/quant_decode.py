@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
-    allocator.use("timing")  # as a cell process does before loading
+    allocator.use("memory")  # as a cell process does before loading
     settings = InferenceSettings(prompt_len=128, new_tokens=args.new_tokens, warmup=1, repeats=1)
     print(f"cpu: {cpu_name()}; torch threads: {torch.get_num_threads()}; batch 1")
     print(f"allocator for timed calls: {allocator.describe('timing')}")

@@ -49,14 +49,18 @@ def test_memory_settings_map_a_1mib_block_and_timing_settings_do_not() -> None:
     assert _mapped_1mib_blocks("memory", "timing") == {"memory": 1, "timing": 0}
 
 
-def test_a_tracked_phase_runs_with_memory_settings_and_leaves_timing_ones() -> None:
-    allocator.use("timing")
+@pytest.mark.parametrize("outside", ["memory", "timing"])
+def test_windows_set_their_mode_and_restore_the_previous_one(outside) -> None:
+    allocator.use(outside)
     with track_phase("cpu"):
         assert allocator.current() == "memory"
-    assert allocator.current() == "timing"
+    assert allocator.current() == outside
+    with allocator.timing_window():
+        assert allocator.current() == "timing"
+    assert allocator.current() == outside
     with pytest.raises(RuntimeError), track_phase("cpu"):
         raise RuntimeError("a failing phase")
-    assert allocator.current() == "timing"  # restored even when the phase raises
+    assert allocator.current() == outside  # restored even when the body raises
 
 
 def test_the_settings_are_described_as_they_are() -> None:

@@ -13,17 +13,21 @@ once it exceeds the *trim threshold*. Memory and speed want opposite settings:
   long-running process's dynamic thresholds settle at once it has freed large blocks. Large
   temporaries are reused from the heap, as in a warmed-up serving process.
 
-A cell runs in ``timing`` and :func:`memory_window` switches to ``memory`` for a tracked phase
-and back after it, so a workload times its calls outside every memory window, never inside one.
-glibc's dynamic adjustment stops at the first explicit setting; a fresh process that has not
-freed large blocks yet can run such code slower than either figure.
+A cell runs in ``memory`` and :func:`timing_window` switches to ``timing`` around its timed
+calls only, so warmups and tracked phases share the heap state a tracked phase needs: glibc
+serves a large request from a free heap block before it maps one, so blocks that a timed call
+left in the heap would be reused, and kept resident, inside a later tracked phase. Each
+workload therefore measures its memory first and times afterwards; a workload that runs after
+another's timed calls in the same cell may see a few MB of such reuse in its peaks. glibc's
+dynamic adjustment stops at the first explicit setting; a fresh process that has not freed
+large blocks yet can run such code slower than the timed figure.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Literal
 
 Mode = Literal["memory", "timing"]
@@ -73,10 +77,20 @@ def _size(n: int) -> str:
 
 
 @contextmanager
-def memory_window() -> Iterator[None]:
-    """The ``memory`` settings for the body, ``timing`` after it (even when it raises)."""
-    use("memory")
+def _window(mode: Mode) -> Iterator[None]:
+    before = _current
+    use(mode)
     try:
         yield
     finally:
-        use("timing")
+        use(before or "timing")  # never set before: the settings nearest glibc's own
+
+
+def memory_window() -> AbstractContextManager[None]:
+    """The ``memory`` settings for the body (a tracked phase), the previous ones after it."""
+    return _window("memory")
+
+
+def timing_window() -> AbstractContextManager[None]:
+    """The ``timing`` settings for the body (timed calls), the previous ones after it."""
+    return _window("timing")

@@ -72,7 +72,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from harness.schemes import get_handler
     from harness.workloads import get_runner
 
-    allocator.use("timing")  # before anything large is allocated; tracked phases switch
+    allocator.use("memory")  # before anything large is allocated; timed calls switch
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     env = collect_env(cell.device)

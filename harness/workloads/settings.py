@@ -49,8 +49,8 @@ class TrainingSettings(_Settings):
     """Optimizer steps (each of ``grad_accum`` micro-batches)."""
     warmup_steps: int = Field(2, ge=0)
     """First steps left out of the tokens/s statistics (lazy initialisation, allocator). The
-    first two steps are the memory window and are never timed either; with no step after
-    both, the steps after the warmup are timed and their method says so."""
+    first two steps (the memory window) and the one after them are never timed either; with
+    no step after those, the steps after the warmup are timed and their method says so."""
     batch_size: int = Field(2, ge=1)
     """Sequences per micro-batch."""
     seq_len: int = Field(128, ge=2)

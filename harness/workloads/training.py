@@ -2,8 +2,9 @@
 
 Runs ``steps`` optimizer steps of ``grad_accum`` micro-batches on consecutive ``seq_len``-token
 windows of the builtin corpus' *train* split (never the evaluation split), with a constant
-learning rate. The first two steps are the memory window (allocator memory settings); throughput
-statistics leave out those and the first ``warmup_steps`` steps. Memory is
+learning rate. The first two steps are the memory window (allocator memory settings); the later
+ones run with the allocator's timing settings, and throughput statistics leave out the window,
+the step after it and the first ``warmup_steps`` steps. Memory is
 reported twice: as a breakdown counted from live tensors (frozen weights with quantization
 state, adapter, gradients, optimizer state, activations saved for backward) and as the
 process peak (VmHWM on CPU, the allocator on CUDA), so each can be checked against the other.
@@ -112,8 +113,9 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
     with track_phase(device, model) as peak:
         for k in range(window):
             step(k)
-    for k in range(window, settings.steps):
-        step(k)
+    with allocator.timing_window():
+        for k in range(window, settings.steps):
+            step(k)
     paged = state["paged"]
     if device == "cuda" and paged and peak.get("peak_bytes") is not None:
         # paged state lives in managed memory, outside the allocator's peak: add it, say so
@@ -128,17 +130,17 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
 
 
 def timed_steps(settings: Any) -> tuple[int, str]:
-    """``(first timed step, method)``: the steps after both the warmup steps and the memory
-    window; where none is left, the steps after the warmup, named as timed with the memory
-    allocator settings."""
-    first = max(settings.warmup_steps, MEMORY_STEPS)
+    """``(first timed step, method)``: the steps after the warmup steps, the memory window and
+    one more (it grows the heap the timed steps reuse); where none is left, the steps after the
+    warmup, named as such."""
+    first = max(settings.warmup_steps, MEMORY_STEPS + 1)
     if first < settings.steps:
         where = allocator.describe("timing")
         return first, f"steps {first}.. timed after the memory window ({where})"
     first = settings.warmup_steps
     return first, (
-        f"steps {first}.. timed inside the memory window ({allocator.describe('memory')}): "
-        f"run more than {MEMORY_STEPS} steps to time outside it"
+        f"steps {first}.. timed, the memory window included: run more than "
+        f"{MEMORY_STEPS + 1} steps to time only steps after it"
     )
 
 

@@ -33,22 +33,21 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
 
     monkeypatch.setattr(model, "generate", generate)
     monkeypatch.setattr(model, "forward", forward)
-    allocator.use("timing")  # as a cell process starts
+    allocator.use("memory")  # as a cell process starts
     clock = iter(range(1000))
     # fake timings: prefill runs take 1 s, decode runs 4 s (time_call reads perf_counter)
     monkeypatch.setattr(inference, "time_call", _fake_time_call(clock))
     settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=0, repeats=2)
     rows = inference.run(loaded, SimpleNamespace(device="cpu"), settings)
-    # memory first: one tracked prefill and one tracked decode with the memory settings; one
-    # untimed decode whose cache is counted; then two timed prefills and two timed decodes with
-    # the timing settings
+    # memory first: one tracked prefill, one tracked decode and one untimed decode whose cache
+    # is counted, with the memory settings; then two timed prefills and two timed decodes with
+    # the timing settings; the cell is left with the memory settings
     assert calls == [
-        "memory:generate:1:1",
-        "memory:generate:4:4",
-        "timing:generate:4:4",
+        *["memory:generate:1:1", "memory:generate:4:4", "memory:generate:4:4"],
         *["timing:generate:1:1"] * 2,
         *["timing:generate:4:4"] * 2,
     ]
+    assert allocator.current() == "memory"
     values = {(r["metric"], r.get("stat")): r["value"] for r in rows}
     assert values[("prefill_tokens_per_s", "median")] == 8 / 1.0
     # 3 decode steps after the first token, in 4 s minus the 1 s prefill
