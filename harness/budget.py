@@ -44,11 +44,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+SLOWDOWN_LIMIT = 1.5
+"""A 16-bit matmul measured more than this many times slower than fp32 is emulated. Native bf16
+measured ~0.25x here, bf16 with torch held to AVX2 ~4x, an AVX2-only CPU's bf16 prefill ~20x:
+the margin keeps timing noise from flipping the verdict between cells."""
+SLOWDOWN_METHOD = "best of 5 after a warmup, 64x576 @ 576x1536, one thread, over float32"
+
+
 @lru_cache(maxsize=4)
 def matmul_slowdown(compute_dtype: str) -> float:
     """Time of a 64x576 @ 576x1536 matmul in ``compute_dtype`` over fp32 on this CPU, one
-    thread (best of 5 after a warmup each; ~20 ms in all)."""
+    thread (best of 5 after a warmup each; ~20 ms in all), with the allocator's timing
+    settings."""
     import torch
+
+    from harness.measure import allocator
 
     x, w = torch.randn(64, 576), torch.randn(1536, 576)
 
@@ -65,7 +75,8 @@ def matmul_slowdown(compute_dtype: str) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return best(getattr(torch, compute_dtype)) / best(torch.float32)
+        with allocator.timing_window():
+            return best(getattr(torch, compute_dtype)) / best(torch.float32)
     finally:
         torch.set_num_threads(threads)
 
@@ -81,7 +92,7 @@ def emulation_reason(
     if not any(f in flags for f in needed):
         return f"CPU lacks {' or '.join(needed)}"
     slowdown = matmul_slowdown(compute_dtype) if slowdown is None else slowdown
-    if slowdown > 1.0:
+    if slowdown > SLOWDOWN_LIMIT:
         return (
             f"a {compute_dtype} matmul measured {slowdown:.1f}x slower than float32 although "
             f"the CPU lists {' or '.join(f for f in needed if f in flags)}"
@@ -106,24 +117,29 @@ def _capped(settings: Any, caps: dict[str, int]) -> Any:
 
 
 def adapt(workloads: Any, names: list[str], device: str, loaded: Any) -> tuple[dict, list[dict]]:
-    """``({workload: settings to run}, rows)``; settings are capped for emulated cells."""
+    """``({workload: settings to run}, rows)``; settings are capped for emulated cells. A dense
+    CPU cell computing in a 16-bit dtype whose flags the CPU lists also gets a
+    ``budget.matmul_slowdown`` row: the measured ratio the verdict rests on."""
     settings = {n: getattr(workloads, n) for n in names}
-    if os.environ.get(FULL_BUDGET_ENV) == "1":
+    dtype = loaded.compute_dtype
+    if device != "cpu" or loaded.storage != "dense" or dtype not in NATIVE_FLAGS:
         return settings, []
-    why = emulation_reason(device, loaded.storage, loaded.compute_dtype)
-    if not why:
-        return settings, []
+    rows, slowdown = [], None
+    if any(f in cpu_flags() for f in NATIVE_FLAGS[dtype]):
+        slowdown = matmul_slowdown(dtype)
+        rows.append(_row("budget.matmul_slowdown", slowdown, "x float32", SLOWDOWN_METHOD))
+    why = emulation_reason(device, loaded.storage, dtype, slowdown=slowdown)
+    if os.environ.get(FULL_BUDGET_ENV) == "1" or not why:
+        return settings, rows
     settings = {n: _capped(s, EMULATED_CAPS.get(n, {})) for n, s in settings.items()}
     caps = "; ".join(
         f"{n}: " + ", ".join(f"{k}<={v}" for k, v in c.items())
         for n, c in EMULATED_CAPS.items()
         if n in names
     )
-    row = {
-        "workload": "budget",
-        "metric": "budget.emulated",
-        "value": 1.0,
-        "unit": "bool",
-        "method": f"{loaded.compute_dtype} emulated ({why}); capped budget: {caps}",
-    }
-    return settings, [row]
+    method = f"{dtype} emulated ({why}); capped budget: {caps}"
+    return settings, [*rows, _row("budget.emulated", 1.0, "bool", method)]
+
+
+def _row(metric: str, value: float, unit: str, method: str) -> dict[str, Any]:
+    return {"workload": "budget", "metric": metric, "value": value, "unit": unit, "method": method}

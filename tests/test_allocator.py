@@ -67,3 +67,15 @@ def test_the_settings_are_described_as_they_are() -> None:
     allocator.use("timing")
     assert allocator.describe("memory") == "glibc mmap threshold 128 KiB, trim threshold 128 KiB"
     assert allocator.describe("timing") == "glibc mmap threshold 32 MiB, trim threshold 64 MiB"
+
+
+def test_a_tracked_phase_after_timed_calls_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(allocator, "_timed", False)
+    with track_phase("cpu") as first:
+        pass
+    with allocator.timing_window():
+        pass
+    with track_phase("cpu") as second:
+        pass
+    assert "after timed calls" not in first.methods["peak_above_start_bytes"]
+    assert "after timed calls" in second.methods["peak_above_start_bytes"]

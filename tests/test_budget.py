@@ -39,6 +39,7 @@ def test_emulated_only_for_dense_cpu_cells_without_the_flags():
 def test_flags_that_claim_bf16_while_its_matmul_is_measured_slow_mean_emulated():
     assert budget.emulated_dtype("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=3.8)
     assert not budget.emulated_dtype("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=0.3)
+    assert not budget.emulated_dtype("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=1.4)
     why = budget.emulation_reason("cpu", "dense", "bfloat16", SAPPHIRE, slowdown=3.8)
     assert "3.8x slower than float32" in why and "avx512_bf16" in why
 
@@ -79,7 +80,32 @@ def test_native_or_opted_out_cells_keep_the_full_budget(monkeypatch, flags, comp
     wl = _workloads()
     loaded = SimpleNamespace(storage="dense", compute_dtype=compute)
     settings, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded)
-    assert rows == [] and settings["perplexity"].max_tokens == 8192
+    assert "budget.emulated" not in [r["metric"] for r in rows]
+    assert settings["perplexity"].max_tokens == 8192
+
+
+def test_listed_flags_with_a_slow_measured_matmul_cap_the_budget_and_say_why(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(budget, "cpu_flags", lambda: SAPPHIRE)
+    monkeypatch.setattr(budget, "matmul_slowdown", lambda dtype: 3.8)
+    wl = _workloads()
+    loaded = SimpleNamespace(storage="dense", compute_dtype="bfloat16")
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded)
+    assert settings["perplexity"].max_tokens == 2048
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["budget.matmul_slowdown"]["value"] == 3.8
+    assert "3.8x slower than float32" in by_metric["budget.emulated"]["method"]
+
+
+def test_a_native_cell_records_the_measured_ratio_and_a_near_one_ratio_stays_native(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(budget, "cpu_flags", lambda: SAPPHIRE)
+    monkeypatch.setattr(budget, "matmul_slowdown", lambda dtype: 1.2)  # noise, not emulation
+    wl = _workloads()
+    loaded = SimpleNamespace(storage="dense", compute_dtype="bfloat16")
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded)
+    assert [(r["metric"], r["value"]) for r in rows] == [("budget.matmul_slowdown", 1.2)]
+    assert settings["perplexity"].max_tokens == 8192
 
 
 def test_run_cell_applies_the_caps_and_records_them(tiny_source, monkeypatch):

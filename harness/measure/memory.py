@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.measure.allocator import memory_window
+from harness.measure.allocator import memory_window, timed_before
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -247,14 +247,19 @@ def _track_cpu(
     if not was_reset:  # the high-water mark is since process start: no phase figure
         return
     growth = max(0, peak - start)
+    after = " after timed calls (their heap blocks may be reused)" if timed_before() else ""
     result.put(
-        "peak_above_start_bytes", growth, "cpu-vmhwm-above-phase-start (freed memory trimmed)"
+        "peak_above_start_bytes",
+        growth,
+        f"cpu-vmhwm-above-phase-start (freed memory trimmed){after}",
     )
     if live is None:
         return
     _put_live(result, live)
     result.put(
-        "peak_bytes", sum(live.values()) + growth, "live-model-tensors+cpu-vmhwm-above-phase-start"
+        "peak_bytes",
+        sum(live.values()) + growth,
+        f"live-model-tensors+cpu-vmhwm-above-phase-start{after}",
     )
     if base is not None:  # includes what later phases left and libraries imported since
         result.put(

@@ -179,7 +179,13 @@ class QuantizedScheme(SchemeHandler):
             kind[1] += n
         mem_rows = phase_rows("quant", build["memory"])
         out = [
-            {"metric": "quant_time_s", "value": build["quant_time_s"], "unit": "s", "method": how},
+            {
+                "metric": "quant_time_s",
+                "value": build["quant_time_s"],
+                "unit": "s",
+                "method": f"{how}, inside the quantization memory window (glibc mmap "
+                "threshold 128 KiB where glibc)",
+            },
             *({**r, "method": f"{r['method']}; {how}"} for r in mem_rows),
             {"metric": "cache_hit", "value": float(cache_hit), "unit": "bool"},
             {"metric": "quantized_params", "value": float(params), "unit": "count"},

@@ -37,6 +37,10 @@ class WorkloadEntry:
     description: str
     unavailable: Availability | None = None
     """Asked before the model is loaded; None means the workload can always run."""
+    tracks_memory: bool = False
+    """Whether it has tracked memory phases. One that has none runs entirely with the
+    allocator's timing settings (:mod:`harness.measure.allocator`); one that has them measures
+    memory with the memory settings and opens a timing window only around its timed calls."""
 
 
 _ENTRIES: list[WorkloadEntry] = [
@@ -51,6 +55,7 @@ _ENTRIES: list[WorkloadEntry] = [
         s.InferenceSettings,
         "harness.workloads.inference:run",
         "prefill and decode tokens/s (median, p10, p90), bandwidth achieved, peak memory",
+        tracks_memory=True,
     ),
     WorkloadEntry(
         "training",
@@ -58,6 +63,7 @@ _ENTRIES: list[WorkloadEntry] = [
         "harness.workloads.training:run",
         "LoRA / full fine-tuning steps: tokens/s, loss, trainable params, memory breakdown",
         training_unavailable,
+        tracks_memory=True,
     ),
     WorkloadEntry(
         "perplexity",
@@ -82,6 +88,7 @@ _ENTRIES: list[WorkloadEntry] = [
         s.CapacitySettings,
         "harness.workloads.capacity:run",
         "largest batch / sequence length within a memory budget, measured and predicted",
+        tracks_memory=True,
     ),
 ]
 

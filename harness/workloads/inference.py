@@ -71,11 +71,12 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         with track_phase(device, model) as decode_mem:
             decode()
         kv_prefill, kv_decode = kv_cache_bytes(model, prompts, mask, n_new, pad)
-        # Then the timed calls, with the allocator's timing settings; their warmups let the
-        # heap grow to what the calls reuse.
+        # Then the timed calls, with the allocator's timing settings, each phase after at least
+        # one untimed call: it grows the heap that the timed calls reuse.
+        warm = max(1, settings.warmup)
         with allocator.timing_window():
-            t_prefill = time_call(prefill, device, settings.warmup, settings.repeats)
-            t_generate = time_call(decode, device, settings.warmup, settings.repeats)
+            t_prefill = time_call(prefill, device, warm, settings.repeats)
+            t_generate = time_call(decode, device, warm, settings.repeats)
     _add_kv(prefill_mem, kv_prefill)
     _add_kv(decode_mem, kv_decode)
     return _rows(loaded, settings, t_prefill, t_generate, prefill_mem, decode_mem)

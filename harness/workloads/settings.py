@@ -31,7 +31,8 @@ class InferenceSettings(_Settings):
     new_tokens: int = Field(32, ge=2)
     """Tokens generated per sequence in the decode phase (greedy, exactly this many)."""
     warmup: int = Field(1, ge=0)
-    """Untimed runs before each phase's tracked memory call and again before its timed runs."""
+    """Untimed runs before each phase's tracked memory call and again (at least one) before its
+    timed runs."""
     repeats: int = Field(3, ge=1)
     """Timed runs (after the tracked memory calls, outside them); median, p10 and p90 are
     reported."""
@@ -49,8 +50,9 @@ class TrainingSettings(_Settings):
     """Optimizer steps (each of ``grad_accum`` micro-batches)."""
     warmup_steps: int = Field(2, ge=0)
     """First steps left out of the tokens/s statistics (lazy initialisation, allocator). The
-    first two steps (the memory window) and the one after them are never timed either; with
-    no step after those, the steps after the warmup are timed and their method says so."""
+    first two steps (the memory window) and the one after them are never timed either: timing
+    starts at step ``max(warmup_steps, 3)``, and with fewer steps ``train_tokens_per_s`` is a
+    skipped row saying why."""
     batch_size: int = Field(2, ge=1)
     """Sequences per micro-batch."""
     seq_len: int = Field(128, ge=2)

@@ -129,19 +129,28 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
     return out
 
 
-def timed_steps(settings: Any) -> tuple[int, str]:
-    """``(first timed step, method)``: the steps after the warmup steps, the memory window and
-    one more (it grows the heap the timed steps reuse); where none is left, the steps after the
-    warmup, named as such."""
+def timed_steps(settings: Any) -> tuple[int | None, str]:
+    """``(first timed step, method)``: timing starts after the warmup steps, the memory window
+    and one more step (it grows the heap the timed steps reuse); ``(None, why)`` when no step
+    is left."""
     first = max(settings.warmup_steps, MEMORY_STEPS + 1)
-    if first < settings.steps:
-        where = allocator.describe("timing")
-        return first, f"steps {first}.. timed after the memory window ({where})"
-    first = settings.warmup_steps
-    return first, (
-        f"steps {first}.. timed, the memory window included: run more than "
-        f"{MEMORY_STEPS + 1} steps to time only steps after it"
-    )
+    if first >= settings.steps:
+        return None, (
+            f"no step to time: steps {settings.steps} <= {first} (warmup_steps, the "
+            f"{MEMORY_STEPS}-step memory window and one heap warm-up step); raise steps"
+        )
+    where = allocator.describe("timing")
+    return first, f"steps {first}.. timed after the memory window ({where})"
+
+
+def _throughput_rows(step_s: list[float], first: int | None, method: str, tokens: int) -> list:
+    if first is None:
+        return [
+            {"metric": "train_tokens_per_s", "unit": "tokens/s", "value": None,
+             "status": "skipped", "error": method}
+        ]  # fmt: skip
+    rates = [tokens / s for s in step_s[first:]]
+    return [{**r, "method": method} for r in summary_rows("train_tokens_per_s", rates, "tokens/s")]
 
 
 def parameter_rows(model: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -201,7 +210,6 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     result = train(model, batch, settings, cell.device)
     tokens = settings.batch_size * settings.seq_len * settings.grad_accum
     first, timing = timed_steps(settings)
-    timed = result.step_s[first:]
     info = corpus_info("builtin", "train")
     protocol = (
         f"steps={settings.steps};warmup={settings.warmup_steps};batch={settings.batch_size};"
@@ -223,10 +231,7 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         "mem.optimizer_state",
     )
     rows = [
-        *(
-            {**r, "method": timing}
-            for r in summary_rows("train_tokens_per_s", [tokens / s for s in timed], "tokens/s")
-        ),
+        *_throughput_rows(result.step_s, first, timing, tokens),
         {"metric": "loss_start", "value": result.losses[0], "unit": "nats/token"},
         {"metric": "loss_end", "value": result.losses[-1], "unit": "nats/token"},
         *param_rows,

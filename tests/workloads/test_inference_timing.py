@@ -37,15 +37,16 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
     clock = iter(range(1000))
     # fake timings: prefill runs take 1 s, decode runs 4 s (time_call reads perf_counter)
     monkeypatch.setattr(inference, "time_call", _fake_time_call(clock))
-    settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=0, repeats=2)
+    settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=1, repeats=2)
     rows = inference.run(loaded, SimpleNamespace(device="cpu"), settings)
-    # memory first: one tracked prefill, one tracked decode and one untimed decode whose cache
-    # is counted, with the memory settings; then two timed prefills and two timed decodes with
+    # memory first, with the memory settings: a warmup and a tracked call per phase, then an
+    # untimed decode whose cache is counted; then per phase a warmup and two timed calls with
     # the timing settings; the cell is left with the memory settings
     assert calls == [
-        *["memory:generate:1:1", "memory:generate:4:4", "memory:generate:4:4"],
-        *["timing:generate:1:1"] * 2,
-        *["timing:generate:4:4"] * 2,
+        *["memory:generate:1:1"] * 2,
+        *["memory:generate:4:4"] * 3,
+        *["timing:generate:1:1"] * 3,
+        *["timing:generate:4:4"] * 3,
     ]
     assert allocator.current() == "memory"
     values = {(r["metric"], r.get("stat")): r["value"] for r in rows}
@@ -56,7 +57,7 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
 
 def _fake_time_call(clock):
     def time_call(fn, device, warmup, repeats):
-        for _ in range(repeats):
+        for _ in range(warmup + repeats):
             fn()
         next(clock)
         seconds = 1.0 if fn.__name__ == "prefill" else 4.0
@@ -92,3 +93,19 @@ def test_measurable_decode_time_gives_the_rate(monkeypatch):
     monkeypatch.setattr(inference, "inventory", lambda model: [])
     rows = _decode_values([1.0, 1.0, 1.0], [4.0, 4.0, 4.0])
     assert {r["stat"]: r["value"] for r in rows} == {"median": 1.0, "p10": 1.0, "p90": 1.0}
+
+
+def test_timed_calls_get_one_warm_call_even_with_no_warmup(tiny_source, monkeypatch):
+    handler = get_handler("fp32")
+    loaded = handler.load(tiny_source, handler.options(), "cpu")
+    seen: list[tuple[str, int, int]] = []
+
+    def time_call(fn, device, warmup, repeats):
+        seen.append((fn.__name__, warmup, repeats))
+        return [1.0 if fn.__name__ == "prefill" else 4.0] * repeats
+
+    monkeypatch.setattr(inference, "time_call", time_call)
+    settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=0, repeats=2)
+    inference.run(loaded, SimpleNamespace(device="cpu"), settings)
+    # before the tracked calls: the settings' warmup (none); before the timed calls: one
+    assert seen == [("prefill", 0, 0), ("decode", 0, 0), ("prefill", 1, 2), ("decode", 1, 2)]

@@ -27,3 +27,14 @@ def test_every_entry_has_a_runner_and_a_description(name: str) -> None:
 def test_unknown_workload_names_the_allowed_ones() -> None:
     with pytest.raises(UnknownNameError, match="allowed: footprint, inference"):
         get_entry("latency")
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_a_workload_tracks_memory_exactly_when_its_module_opens_a_tracked_phase(name) -> None:
+    """A workload with tracked phases must say so: otherwise the cell runs it entirely with the
+    allocator's timing settings and its memory figures would keep the heap's free blocks."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(get_entry(name).runner.split(":")[0])
+    assert ("track_phase(" in inspect.getsource(module)) == get_entry(name).tracks_memory

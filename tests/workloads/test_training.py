@@ -148,13 +148,33 @@ def test_workload_rows_through_a_cell(tmp_path: Path, synthetic_cache: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("steps", "warmup", "first", "where"),
-    [(10, 2, 3, "after"), (10, 0, 3, "after"), (6, 4, 4, "after"), (3, 0, 0, "included")],
+    ("steps", "warmup", "first"),
+    [(10, 2, 3), (10, 0, 3), (6, 4, 4), (4, 0, 3), (3, 0, None), (3, 2, None), (5, 5, None)],
 )
-def test_steps_are_timed_after_the_memory_window_where_any_are_left(steps, warmup, first, where):
-    from harness.workloads.settings import TrainingSettings
+def test_steps_are_timed_after_the_memory_window_and_a_heap_step_or_not_at_all(
+    steps, warmup, first
+):
     from harness.workloads.training import timed_steps
 
-    settings = TrainingSettings(enabled=True, steps=steps, warmup_steps=warmup)
+    settings = TrainingSettings.model_construct(enabled=True, steps=steps, warmup_steps=warmup)
     got_first, method = timed_steps(settings)
-    assert got_first == first and f"{where}" in method
+    assert got_first == first
+    assert ("after the memory window" in method) if first else ("no step to time" in method)
+
+
+def test_memory_window_steps_use_memory_settings_and_later_steps_timing_ones(tiny_source):
+    from harness.measure import allocator
+
+    model = _lora_model(tiny_source, "fp32")
+    modes: list[str | None] = []
+    pattern = _pattern_batches(2, 16)
+
+    def batch(k: int):
+        modes.append(allocator.current())
+        return pattern(k)
+
+    allocator.use("memory")
+    settings = TrainingSettings(enabled=True, steps=5, warmup_steps=1, batch_size=2, seq_len=16)
+    result = train(model, batch, settings, "cpu")
+    assert modes == ["memory", "memory", "timing", "timing", "timing"]
+    assert allocator.current() == "memory" and len(result.step_s) == 5
