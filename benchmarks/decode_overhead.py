@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from quant_decode import decode_tps  # this directory: the scripts run as files
 
 from harness.config import Cell
 from harness.measure import allocator
@@ -59,16 +60,6 @@ def plain_decode_tps(model, prompts, n_new: int, pad: int, glibc_defaults: bool 
         t_first = seconds(1)
         t_all = seconds(n_new)
     return prompts.shape[0] * (n_new - 1) / (t_all - t_first)
-
-
-def harness_decode_tps(loaded, cell, settings) -> float:
-    rows = inference.run(loaded, cell, settings)
-    decode = [r for r in rows if r["metric"] == "decode_tokens_per_s"]
-    row = next(r for r in decode if r.get("stat", "median") == "median")
-    if row.get("status") == "skipped":  # decode time within the prefill noise: no rate
-        print(f"  decode not measured: {row['error']}")
-        return float("nan")
-    return row["value"]
 
 
 def fresh_process_tps(args: argparse.Namespace, runs: int = 3) -> list[float]:
@@ -118,7 +109,7 @@ def main() -> None:
     print(f"allocator for timed calls: {allocator.describe('timing')}")
     ratios, harness_tps = [], []
     for i in range(args.pairs):
-        harness = harness_decode_tps(loaded, cell, settings)
+        harness = decode_tps(loaded, cell, settings)
         plain = plain_decode_tps(loaded.model, prompts, settings.new_tokens, pad)
         ratios.append(harness / plain)
         harness_tps.append(harness)
