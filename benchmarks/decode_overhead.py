@@ -26,15 +26,12 @@ import sys
 import time
 
 import torch
-from quant_decode import decode_tps  # this directory: the scripts run as files
+from quant_decode import decode_tps, load  # this directory: the scripts run as files
 
-from harness.config import Cell
 from harness.measure import allocator
 from harness.measure.env import cpu_name
-from harness.models import resolve
-from harness.schemes import get_handler
 from harness.workloads import inference
-from harness.workloads.settings import InferenceSettings, Workloads
+from harness.workloads.settings import InferenceSettings
 
 
 def plain_decode_tps(model, prompts, n_new: int, pad: int, glibc_defaults: bool = False) -> float:
@@ -85,20 +82,10 @@ def main() -> None:
     if not args.plain_only:
         allocator.use("memory")  # as a cell process does before loading
     settings = InferenceSettings(prompt_len=128, new_tokens=args.new_tokens, warmup=0, repeats=1)
-    handler = get_handler(args.precision)
-    opts = handler.options()
-    loaded = handler.load(resolve(args.model), opts, "cpu")
-    cell = Cell(
-        experiment="bench",
-        model=args.model,
-        precision=args.precision,
-        precision_options=opts.model_dump(),
-        adapter="none",
-        seed=0,
-        device="cpu",
-        timeout_s=600,
-        workloads=Workloads(inference=settings),
-    )
+    built = load(args.model, args.precision, settings)
+    if built is None:
+        raise SystemExit(f"{args.precision} cannot run on this CPU")
+    loaded, cell = built
     prompts = inference._prompts(loaded.tokenizer, settings, loaded.model.device)
     pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id
     if args.plain_only:  # the --fresh-process child: one plain figure, glibc defaults
