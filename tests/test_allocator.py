@@ -79,3 +79,41 @@ def test_a_tracked_phase_after_timed_calls_says_so(monkeypatch) -> None:
         pass
     assert "after timed calls" not in first.methods["peak_above_start_bytes"]
     assert "after timed calls" in second.methods["peak_above_start_bytes"]
+
+
+def test_a_cell_runs_workloads_without_memory_phases_in_a_timing_window(tiny_source, monkeypatch):
+    import harness.workloads as workloads
+    from harness.config import Cell
+    from harness.runner.cell import run_cell
+    from harness.schemes import get_handler
+    from harness.workloads.settings import Workloads
+
+    seen: dict[str, str | None] = {}
+    real = workloads.get_runner
+
+    def recording(name):
+        def run(*args):
+            seen[name] = allocator.current()
+            return real(name)(*args)
+
+        return run
+
+    monkeypatch.setattr(workloads, "get_runner", recording)
+    cell = Cell(
+        experiment="t",
+        model="synthetic:tiny-llama",
+        precision="fp32",
+        precision_options=get_handler("fp32").options().model_dump(),
+        adapter="none",
+        seed=0,
+        device="cpu",
+        timeout_s=60,
+        workloads=Workloads(
+            inference={"prompt_len": 8, "new_tokens": 4, "repeats": 1},
+            perplexity={"max_tokens": 64, "window": 32},
+        ),
+    )
+    assert run_cell(cell)["status"] == "ok"
+    # inference tracks memory itself (the cell's memory settings); the others are timed whole
+    assert seen == {"footprint": "timing", "inference": "memory", "perplexity": "timing"}
+    assert allocator.current() == "memory"
