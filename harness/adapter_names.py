@@ -1,4 +1,5 @@
-"""Names on the adapter axis: ``none``, ``lora-r<N>`` and ``full``, parsed in one place.
+"""Names on the adapter axis: ``none``, ``lora-r<N>`` and ``full``, parsed in one place, and
+the rule that says which modules a LoRA target list names.
 
 A leaf module (no harness imports) so that configuration, workloads, results and reports all
 read adapter names with the same rule.
@@ -27,3 +28,11 @@ def parse_adapter(name: str) -> tuple[AdapterKind, int | None]:
             "(N a positive integer rank, e.g. lora-r8)"
         )
     return "lora", int(match.group(1))
+
+
+def lora_targets(name: str, targets: list[str] | None) -> bool:
+    """Whether LoRA adapts the module ``name``: every linear (``targets`` None), or a target
+    naming it or a dotted suffix of it (``q_proj``, ``self_attn.q_proj``), as peft matches."""
+    if targets is None:
+        return True
+    return any(name == t or name.endswith("." + t) for t in targets)

@@ -3,10 +3,10 @@
 CPUs without bf16 (or fp16) instructions run those matmuls in software: on an AVX2-only CPU a
 bf16 prefill runs ~20x slower than fp32, and one bf16 cell of the default experiment took 13
 minutes. A dtype counts as emulated where the CPU lacks its flags, or where a small matmul in it
-is measured slower than in fp32 (a CPU whose flags claim it while torch is held to a lower
-instruction set, e.g. ``ATEN_CPU_CAPABILITY=avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2``). Such a
-cell (dense weights computing in a dtype the CPU lacks) keeps every workload but runs it on a
-capped budget (:data:`EMULATED_CAPS`): fewer perplexity and agreement tokens, fewer task items,
+is measured more than 1.5x slower than in fp32 (a CPU whose flags claim it while torch is held
+to a lower instruction set, e.g. ``ATEN_CPU_CAPABILITY=avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2``).
+Such a cell (dense weights computing in a dtype the CPU lacks) keeps every workload but runs it
+on a capped budget (:data:`EMULATED_CAPS`): fewer perplexity and agreement tokens, fewer task items,
 a shorter decode. The cell records a ``budget.emulated`` row naming why (the missing CPU
 feature or the measured slowdown) and the caps; every workload's protocol names the budget it
 actually ran. ``HARNESS_FULL_BUDGET=1`` turns the caps off.
@@ -31,17 +31,11 @@ EMULATED_CAPS: dict[str, dict[str, int]] = {
 FULL_BUDGET_ENV = "HARNESS_FULL_BUDGET"
 
 
-@lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo is absent)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    """The CPU's feature flags (read once, by :mod:`harness.measure.env`)."""
+    from harness.measure.env import cpu_flags as read
+
+    return read()
 
 
 SLOWDOWN_LIMIT = 1.5

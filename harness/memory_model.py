@@ -18,7 +18,9 @@ Shapes come from the model built on the ``meta`` device (nothing allocated). Eac
   logits, their gradient and log-softmax's: ``3 x tokens x vocab x 4``) + with checkpointing one
   layer's rebuilt activations;
 * KV cache: ``2 x layers x kv_dim x positions x batch`` in the compute dtype;
-* inference peak: weights + KV cache + one layer's prefill working set + last-position logits.
+* inference peak: weights + adapters + the larger of the prefill case (the prompt's KV cache +
+  one layer's prefill working set + last-position logits) and the decode case (the whole KV
+  cache + one token's working set).
 
 ``harness.memory_validation`` compares every term with what cells measured.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.adapter_names import lora_targets
 from harness.errors import HarnessError
 
 _LLAMA = dict(model_type="llama", max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -325,20 +328,12 @@ def trainable_tensors(
         return [
             t
             for name, o, i in shape.linears
-            if _targeted(name, work.lora_targets)
+            if lora_targets(name, work.lora_targets)
             for t in ((rank * i, size), (o * rank, size))
         ]
     if kind == "full":
         return [(n, a) for n in shape.param_tensors]
     return []
-
-
-def _targeted(name: str, targets: list[str] | None) -> bool:
-    """Whether LoRA adapts the linear ``name``: every one, or a target naming it or a dotted
-    suffix of it (``q_proj``, ``self_attn.q_proj``), as peft matches them."""
-    if targets is None:
-        return True
-    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def optimizer_bytes(tensors: list[tuple[int, int]], optimizer: str) -> int:

@@ -12,8 +12,8 @@ checkpointing (tested); with checkpointing it misses a few KB of per-run inputs.
 
 A model of one and of two decoder layers is probed and the rest extrapolated linearly
 (``outer + layers x per_layer``), so a 65B prediction takes as long as a small one.
-Layers that differ from each other (alternating attention kinds, sparse MoE every k layers)
-are averaged over the first two.
+Every layer after the first is predicted as the second one is: layers that differ from each
+other (alternating attention kinds, sparse MoE every k layers) are not told apart.
 """
 
 from __future__ import annotations
@@ -117,12 +117,14 @@ def _add_lora(model: Any, spec: LoraSpec) -> None:
     import torch
     from torch import nn
 
+    from harness.adapter_names import lora_targets
+
     head = model.get_output_embeddings()
     dtype = getattr(torch, spec.dtype)
     for name, module in list(model.named_modules()):
         if not _is_linear_like(module) or module is head:
             continue
-        if spec.targets is not None and name.rsplit(".", 1)[-1] not in spec.targets:
+        if not lora_targets(name, spec.targets):
             continue
         weight = module.weight
         out_f, in_f = weight.shape if isinstance(module, nn.Linear) else weight.shape[::-1]

@@ -136,7 +136,9 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 def record_fingerprint(record: dict[str, Any], *, hardware: bool = True) -> dict[str, Any]:
-    """Where a record was measured; derived from its env when it predates stored fingerprints."""
+    """Where a record was measured: the fingerprint keys of its env (the ``fingerprint`` a
+    record also stores is for readers of the file; this recomputes it so that ``hardware=False``
+    can leave the hardware keys out)."""
     return fingerprint(record.get("env") or {}, hardware=hardware)
 
 

@@ -69,16 +69,36 @@ def test_the_settings_are_described_as_they_are() -> None:
     assert allocator.describe("timing") == "glibc mmap threshold 32 MiB, trim threshold 64 MiB"
 
 
-def test_a_tracked_phase_after_timed_calls_says_so(monkeypatch) -> None:
-    monkeypatch.setattr(allocator, "_timed", False)
-    with track_phase("cpu") as first:
+def test_a_tracked_phase_reports_the_free_heap_it_started_with(monkeypatch) -> None:
+    monkeypatch.setattr("harness.measure.memory.heap_free_bytes", lambda: 12345)
+    with track_phase("cpu") as phase:
         pass
-    with allocator.timing_window():
-        pass
-    with track_phase("cpu") as second:
-        pass
-    assert "after timed calls" not in first.methods["peak_above_start_bytes"]
-    assert "after timed calls" in second.methods["peak_above_start_bytes"]
+    assert phase["heap_free_at_start_bytes"] == 12345
+
+
+_HEAP_PROBE = """
+import ctypes
+from harness.measure import allocator
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.malloc_trim(0)
+before = allocator.heap_free_bytes()
+with allocator.timing_window():  # 8 MiB from the heap, then 1 MiB above it; free the 8
+    block = libc.malloc(8 << 20)
+    keep = libc.malloc(1 << 20)  # from the top of the heap, above the block
+    libc.free(block)
+libc.malloc_trim(0)  # pages handed back, the free block stays
+print(before, allocator.heap_free_bytes())
+"""
+
+
+def test_heap_blocks_freed_under_timing_settings_show_as_free_heap() -> None:
+    done = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before, after = (int(v) for v in done.stdout.split())
+    assert after - before >= 7 << 20  # the 8 MiB block, less small blocks carved from it
 
 
 def test_a_cell_runs_workloads_without_memory_phases_in_a_timing_window(tiny_source, monkeypatch):

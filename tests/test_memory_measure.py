@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -221,3 +222,34 @@ def test_weights_stored_as_tensor_subclasses_are_made_resident_and_measured() ->
     with torch.inference_mode(), mem.track_phase("cpu", model) as phase:  # as inference runs
         model(torch.randn(4, 256))
     assert phase["peak_bytes"] >= phase["live_weights_bytes"] > 0
+
+
+def test_nvml_finds_torchs_device_by_uuid_and_a_refused_query_is_a_missing_row(monkeypatch):
+    """NVML numbers every GPU and ignores CUDA_VISIBLE_DEVICES: the handle comes from the UUID;
+    a query NVML refuses (MIG, vGPU) leaves the poller unavailable instead of raising."""
+    import types
+
+    import torch
+
+    from harness.measure import memory
+
+    asked: list[str] = []
+
+    def refuse(handle):
+        raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByUUID=lambda uuid: asked.append(uuid) or "handle",
+        nvmlDeviceGetHandleByIndex=lambda i: pytest.fail("index used although a UUID exists"),
+        nvmlDeviceGetComputeRunningProcesses=refuse,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="ab-12")
+    )
+    poller = memory.NvmlPoller()
+    poller.start()
+    assert asked == ["GPU-ab-12"]
+    assert "NOT_SUPPORTED" in poller.unavailable and poller._thread is None

@@ -17,10 +17,10 @@ A cell runs in ``memory`` and :func:`timing_window` switches to ``timing`` aroun
 calls only, so warmups and tracked phases share the heap state a tracked phase needs: glibc
 serves a large request from a free heap block before it maps one, so blocks that a timed call
 left in the heap would be reused, and kept resident, inside a later tracked phase. Each
-workload therefore measures its memory first and times afterwards; a tracked phase that runs
-after another workload's timed calls in the same process says so on its method
-(:func:`timed_before`), since it may reuse blocks of up to 32 MiB that they left. Load and
-quantization times are taken inside their tracked phases, with the memory settings, and say so.
+workload therefore measures its memory first and times afterwards, and every tracked phase
+reports the free heap it started with (:func:`heap_free_bytes`, after the trim): large when
+work under the timing settings ran before it in the same process. Load and quantization times
+are taken inside their tracked phases, with the memory settings, and say so.
 glibc's
 dynamic adjustment stops at the first explicit setting; a fresh process that has not freed
 large blocks yet can run such code slower than the timed figure.
@@ -44,7 +44,6 @@ SETTINGS: dict[str, tuple[int, int]] = {
 }
 
 _current: Mode | None = None
-_timed = False  # whether a timing window has run in this process
 
 
 def _mallopt(param: int, value: int) -> bool:
@@ -61,11 +60,6 @@ def use(mode: Mode) -> bool:
     ok = _mallopt(_M_MMAP_THRESHOLD, mmap_at) and _mallopt(_M_TRIM_THRESHOLD, trim_at)
     _current = mode if ok else None
     return ok
-
-
-def timed_before() -> bool:
-    """Whether a timing window has run in this process (its heap blocks may be reused)."""
-    return _timed
 
 
 def current() -> Mode | None:
@@ -102,6 +96,24 @@ def memory_window() -> AbstractContextManager[None]:
 
 def timing_window() -> AbstractContextManager[None]:
     """The ``timing`` settings for the body (timed calls), the previous ones after it."""
-    global _timed
-    _timed = True
     return _window("timing")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes in free blocks of glibc's heap (``mallinfo2().fordblks``): what allocations may
+    reuse before the heap grows or a block is mapped; None where glibc lacks ``mallinfo2``."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        info = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    info.restype = _MallInfo2
+    return int(info().fordblks)

@@ -73,17 +73,23 @@ MATMUL_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx5
                    "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
 
 
-def cpu_features() -> str:
-    """The matmul-relevant CPU flags present here, comma-separated (empty if unknown)."""
-    flags: set[str] = set()
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``; empty where /proc/cpuinfo is
+    absent)."""
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return ""
+        pass
+    return frozenset()
+
+
+def cpu_features() -> str:
+    """The matmul-relevant CPU flags present here, comma-separated (empty if unknown)."""
+    flags = cpu_flags()
     return ",".join(f for f in MATMUL_FEATURES if f in flags)
 
 

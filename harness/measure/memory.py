@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.measure.allocator import memory_window, timed_before
+from harness.measure.allocator import heap_free_bytes, memory_window
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -235,9 +235,17 @@ def track_phase(device: str, model: Any = None) -> Iterator[PhaseResult]:
 def _track_cpu(
     result: PhaseResult, live: dict[str, int] | None, base: Baseline | None
 ) -> Iterator[None]:
+    heap_free = heap_free_bytes()
     was_reset = reset_hwm()
     start = rss_bytes()
     yield
+    if heap_free is not None:
+        result.put(
+            "heap_free_at_start_bytes",
+            heap_free,
+            "glibc mallinfo2 fordblks after the trim: freed heap blocks the phase may reuse "
+            "(resident again only when reused)",
+        )
     peak = hwm_bytes()
     result.put(
         "peak_rss_absolute_bytes",
@@ -247,11 +255,10 @@ def _track_cpu(
     if not was_reset:  # the high-water mark is since process start: no phase figure
         return
     growth = max(0, peak - start)
-    after = " after timed calls (their heap blocks may be reused)" if timed_before() else ""
     result.put(
         "peak_above_start_bytes",
         growth,
-        f"cpu-vmhwm-above-phase-start (freed memory trimmed){after}",
+        "cpu-vmhwm-above-phase-start (freed memory trimmed)",
     )
     if live is None:
         return
@@ -259,7 +266,7 @@ def _track_cpu(
     result.put(
         "peak_bytes",
         sum(live.values()) + growth,
-        f"live-model-tensors+cpu-vmhwm-above-phase-start{after}",
+        "live-model-tensors+cpu-vmhwm-above-phase-start",
     )
     if base is not None:  # includes what later phases left and libraries imported since
         result.put(
@@ -328,6 +335,23 @@ def _put_nvml(result: PhaseResult, poller: NvmlPoller) -> None:
         )
 
 
+def _nvml_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle of torch's CUDA device ``index``. NVML numbers every GPU of the machine
+    and ignores ``CUDA_VISIBLE_DEVICES``, so the device is found by its UUID where torch
+    reports one; the index is used only when the two numberings agree (nothing hidden)."""
+    import os
+
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(text if text.startswith("GPU-") else f"GPU-{text}")
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        raise RuntimeError("CUDA_VISIBLE_DEVICES is set and torch reports no device UUID")
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
 class NvmlPoller:
     """Polls NVML every 50 ms on a daemon thread: this process's GPU memory and the device's.
 
@@ -352,12 +376,12 @@ class NvmlPoller:
             import torch
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            self._handle = _nvml_handle(pynvml, torch.cuda.current_device())
             self._pid = os.getpid()
+            self._poll()  # a query NVML refuses (MIG, vGPU) is a missing row, not a failed phase
         except Exception as exc:  # no NVML: the allocator numbers still stand
             self.unavailable = f"{type(exc).__name__}: {exc}"[:160]
             return
-        self._poll()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 

@@ -1,7 +1,7 @@
 """The Triton kernel behind :func:`harness.quant.triton_linear.fused_linear`.
 
 Kept in its own module so that importing the package never imports triton.
-Layout reminders (see ``linear.py``, ``pack.py``, ``stats.py``):
+Layout reminders (see ``linear.py``, ``pack.py``, ``group_stats.py``):
 
 * weight code ``(n, k)`` (row ``n``, stored column ``k``) is code ``n * K + k`` of the
   packed stream; code ``i`` starts at bit ``(i % 8) * bits`` of byte run ``i // 8``;

@@ -5,7 +5,7 @@
 * ``codes``: ``bits``-wide codes of all weights, packed (``pack.py``), in *stored column
   order* (the act-order permutation, if any, applied);
 * ``scale`` / ``zero``: per-row statistics of each group of ``group_size`` stored columns,
-  ``[n_groups, rows]`` tables encoded as in ``stats.py`` (float16, packed integers, or
+  ``[n_groups, rows]`` tables encoded as in ``group_stats.py`` (float16, packed integers, or
   bilevel codes with ``scale2`` / ``zero2`` float16 ``[n_groups, n_runs, 2]`` pairs);
 * outliers in CSR form (original column order): float16 values, int16 column indices
   (int32 when ``cols`` > 32767), int32 row pointers; an outlier replaces the grid value;

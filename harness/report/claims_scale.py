@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HOLDS, FAILS = "predicted: holds", "predicted: fails"
 UNDECIDED = "predicted: within error band (undecided)"
-_UNITS = {"x": 1.0, "GB": 1e9, "bits": 1.0}
+_UNITS = {"x": 1.0, "GB": 1e9}
 
 
 class Setting(BaseModel):
@@ -88,7 +88,8 @@ class AtScale(BaseModel):
     reducer: Literal["value", "ratio", "difference"] = "value"
     a: Setting
     b: Setting | None = None
-    unit: Literal["x", "GB", "bits"]
+    unit: Literal["x", "GB"]
+    """``x`` for a ratio, ``GB`` for a value or a difference of bytes."""
     published: float
     comparison: Literal[">=", "<=", ">", "<", "~"]
     tolerance: float = Field(0.0, ge=0)
@@ -99,6 +100,11 @@ class AtScale(BaseModel):
         if (self.reducer == "value") != (self.b is None):
             raise ValueError(
                 "at_scale: 'b' is required for ratio/difference and not allowed for value"
+            )
+        if (self.reducer == "ratio") != (self.unit == "x"):
+            raise ValueError(
+                f"at_scale: unit {self.unit!r} does not fit reducer {self.reducer!r} "
+                "(a ratio is in 'x', a value or difference of bytes in 'GB')"
             )
 
 
@@ -195,11 +201,11 @@ def predict_claim(claim_id: str, spec: AtScale, band: float | None) -> Predicted
     b = predicted_bytes(spec.b, spec.quantity) if spec.b is not None else None
     value = _reduced(spec, a, b)
     span = None
-    if band is not None:
+    if band is not None and band < 1:  # a band of 100% or more bounds nothing: undecided
         lo, hi = _bounds(spec, a, b, band)
         scale = 1.0 if spec.reducer == "ratio" else _UNITS[spec.unit]
         span = (lo / scale, hi / scale)
-    verdict = _verdict(spec, value, span)
+    verdict = UNDECIDED if band is not None and band >= 1 else _verdict(spec, value, span)
     band_text = "± ? (no error band)" if band is None else f"± {100 * band:.1f}% per prediction"
     where = "" if span is None else f" [{span[0]:.3g}, {span[1]:.3g}]"
     outcome = {HOLDS: "meets", FAILS: "misses"}.get(verdict.split(" (")[0], "straddles")

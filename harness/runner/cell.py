@@ -58,6 +58,7 @@ def allocator_rows() -> list[dict[str, Any]]:
             "unit": "bytes",
             "value": float(allocator.SETTINGS[mode][0]) if known else None,
             "method": allocator.describe(mode),
+            **({} if known else {"status": "skipped", "error": "the allocator is not glibc"}),
         }
         for mode in ("memory", "timing")
     ]

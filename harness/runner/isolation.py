@@ -23,6 +23,7 @@ from typing import Any
 from harness.config import Cell
 from harness.measure.env import collect as collect_env
 from harness.results import make_record
+from harness.runner.worker import ENDED_BY_SIGNAL
 
 OOM_MARKERS = ("out of memory", "MemoryError", "OutOfMemoryError")
 
@@ -116,6 +117,8 @@ def failure_record(
     tail = _tail(log_path)
     if timed_out:
         status, error = "timeout", f"cell exceeded its timeout of {cell.timeout_s:g} s"
+    elif ENDED_BY_SIGNAL in tail:
+        status, error = "error", ENDED_BY_SIGNAL.removeprefix("harness: ")
     elif returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         status = "oom"
         error = "process killed by SIGKILL, most likely the out-of-memory killer"

@@ -47,8 +47,14 @@ PR_SET_PDEATHSIG = 1
 WATCHDOG_PERIOD_S = 0.5
 
 
+ENDED_BY_SIGNAL = "harness: cell ended by SIGTERM (its driver is gone or it was signalled)"
+"""Written to the cell's log before the group is killed, so the driver does not read the
+SIGKILL that follows as the out-of-memory killer's."""
+
+
 def _end_group(*_: object) -> None:
     """SIGKILL this process group: the cell and anything it started (it leads the group)."""
+    os.write(2, (ENDED_BY_SIGNAL + "\n").encode())
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 

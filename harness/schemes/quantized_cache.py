@@ -47,8 +47,12 @@ _TOKENIZER_FILES = frozenset(
     {"vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
 )
 CALIBRATION_MODULES = (
+    "harness/schemes/weight_only.py",
     "harness/schemes/gptq.py",
     "harness/schemes/gptq_options.py",
+    "harness/schemes/spqr.py",
+    "harness/schemes/rtn.py",
+    "harness/modules.py",
     "harness/data/corpus.py",
     "harness/data/tokens.py",
     "harness/models.py",

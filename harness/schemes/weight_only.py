@@ -1,8 +1,9 @@
 """Shared base of the weight-only precisions built by the harness itself (RTN, GPTQ, SpQR).
 
-Every ``nn.Linear`` inside the decoder blocks is replaced by a ``QuantLinear`` holding packed
-codes; embeddings, norms and ``lm_head`` stay dense fp32 (as in the GPTQ and SpQR papers,
-which quantize only the transformer blocks). GPTQ and SpQR calibrate block by block on
+Every linear-like layer inside the decoder blocks (``nn.Linear``, GPT-2's ``Conv1D``) is
+replaced by a ``QuantLinear`` holding packed codes, and 3-D expert weights by
+``PackedExperts``; embeddings, norms and ``lm_head`` stay dense fp32 (as in the GPTQ and SpQR
+papers, which quantize only the transformer blocks). GPTQ and SpQR calibrate block by block on
 random windows of the corpus's ``train`` split, never on the evaluation text.
 
 Calibration defaults and every option are in ``gptq_options``. Results are cached by

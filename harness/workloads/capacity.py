@@ -98,22 +98,6 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
-def _release(device: str) -> None:
-    """Return freed memory so the next try starts from the post-load level."""
-    gc.collect()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the heap keeps freed pages, peaks read low
-        pass
-
-
 @contextmanager
 def _frozen_gc() -> Iterator[None]:
     """Move every object alive now (the loaded model, the libraries) out of the collector's
@@ -187,9 +171,8 @@ class Meter:
         return self.weights  # the RSS also holds the interpreter and libraries, not the model
 
     def attempt(self, step: Callable[[int, int], None], size: int, batch: int, seq: int) -> Try:
-        _release(self.device)
         start, oom = self._start_bytes(), False
-        with track_phase(self.device) as mem:
+        with track_phase(self.device) as mem:  # hands freed memory back before the try
             try:
                 step(batch, seq)
             except Exception as exc:  # an out-of-memory try is a result; anything else is not

@@ -5,9 +5,10 @@ windows of the builtin corpus' *train* split (never the evaluation split), with 
 learning rate. The first two steps are the memory window (allocator memory settings); the later
 ones run with the allocator's timing settings, and throughput statistics leave out the window,
 the step after it and the first ``warmup_steps`` steps. Memory is
-reported twice: as a breakdown counted from live tensors (frozen weights with quantization
-state, adapter, gradients, optimizer state, activations saved for backward) and as the
-process peak (VmHWM on CPU, the allocator on CUDA), so each can be checked against the other.
+reported twice: as a breakdown counted from live tensors (frozen weights, quantization state,
+adapter, gradients, optimizer state, activations saved for backward) and as the phase figure
+``train_peak_bytes`` (live model tensors + process growth: VmHWM on CPU, the allocator on
+CUDA), so each can be checked against the other.
 """
 
 from __future__ import annotations

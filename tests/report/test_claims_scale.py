@@ -118,6 +118,9 @@ def test_the_band_decides_the_predicted_verdict(monkeypatch: pytest.MonkeyPatch)
     per = {**bands, "weights_by_precision": {"fp32": 0.0, "int8": 0.002, "spqr-w4": 0.05}}
     assert band_for(per, "weight_bytes", ("fp32", "int8")) == 0.002
     assert band_for(per, "weight_bytes", ("fp32", "nf4")) == 0.001  # nf4 not validated
+    # a band of 100% or more bounds nothing (it would divide by zero or invert): undecided
+    int8 = _claims()["int8-quarter-of-fp32-model"].at_scale
+    assert [predict_claim("x", int8, b).verdict for b in (1.0, 1.7)] == [UNDECIDED] * 2
 
 
 def test_claims_command_prints_predictions_apart(monkeypatch: pytest.MonkeyPatch,
@@ -167,3 +170,11 @@ def test_report_shows_measured_and_predicted_claims_apart(full_report: Path) -> 
     # 48.6 GB predicted for QLoRA's setting: within a few percent of 48 GB, so the verdict
     # depends on the band the synthetic cells give
     assert re.search(r"\| qlora-65b-fits-48gb \| predicted: [^|]+\| predicted 48\.6 GB", predicted)
+
+
+@pytest.mark.parametrize(("reducer", "unit"), [("ratio", "GB"), ("difference", "x")])
+def test_a_unit_that_does_not_fit_the_reducer_is_refused(reducer: str, unit: str) -> None:
+    setting = {"preset": "llama-7b", "precision": "fp16"}
+    with pytest.raises(ValueError, match="does not fit reducer"):
+        AtScale(quantity="weight_bytes", reducer=reducer, a=setting, b=setting, unit=unit,
+                published=2.0, comparison="~")

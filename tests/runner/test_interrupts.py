@@ -148,3 +148,20 @@ def test_stale_pending_and_temporary_files_are_removed(tmp_path) -> None:
         path.write_text("{}")
     assert sorted(ResultsDir(out).clean_stale()) == sorted(stale)
     assert [p.name for p in (out / "cells").iterdir()] == ["a.json"]
+
+
+def test_a_cell_ended_by_sigterm_is_an_error_and_a_bare_sigkill_is_oom(tmp_path) -> None:
+    from harness.config import Cell
+    from harness.runner.isolation import failure_record
+    from harness.runner.worker import ENDED_BY_SIGNAL
+    from harness.workloads.settings import Workloads
+
+    cell = Cell(experiment="t", model="synthetic:tiny-llama", precision="fp32",
+                precision_options={}, adapter="none", seed=0, device="cpu", timeout_s=60,
+                workloads=Workloads())  # fmt: skip
+    log = tmp_path / "cell.log"
+    log.write_text(f"loading\n{ENDED_BY_SIGNAL}\n")
+    ended = failure_record(cell, -signal.SIGKILL, False, log, 0.0)
+    assert ended["status"] == "error" and "SIGTERM" in ended["error"]
+    log.write_text("loading\n")
+    assert failure_record(cell, -signal.SIGKILL, False, log, 0.0)["status"] == "oom"

@@ -57,8 +57,18 @@ def test_calibration_and_layer_selection_code_is_in_the_key(
 
 
 def test_layer_selection_and_split_rule_modules_are_covered() -> None:
-    names = {Path(p).name for p in qc.calibration_files()}
-    assert {"gptq.py", "corpus.py", "tokens.py"} <= names
+    """The files defining what decides the stored codes are hashed into the key: layer
+    selection, calibration batches, the solvers' wrappers, the split rule, tokenization."""
+    import inspect
+
+    from harness import models, modules
+    from harness.data import corpus, tokens
+    from harness.schemes import gptq, rtn, spqr, weight_only
+
+    files = {Path(p).resolve() for p in qc.calibration_files()}
+    deciding = [weight_only.calibration_batches, weight_only.decoder_layers, modules.linears,
+                gptq.GPTQScheme, spqr.SpQRScheme, rtn.RTNScheme, corpus, tokens, models]
+    assert [x for x in deciding if Path(inspect.getfile(x)).resolve() not in files] == []
     assert all(Path(p).is_file() for p in qc.calibration_files())
 
 
