@@ -21,14 +21,20 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
     real_generate = model.generate
     real_forward = model.forward
 
+    inside = [False]
+
     def generate(**kwargs):
         mode = allocator.current()
         calls.append(f"{mode}:generate:{kwargs['max_new_tokens']}:{kwargs['min_new_tokens']}")
-        return real_generate(**kwargs)
+        inside[0] = True
+        try:
+            return real_generate(**kwargs)
+        finally:
+            inside[0] = False
 
     def forward(*args, **kwargs):
-        if not calls or calls[-1].startswith("forward"):
-            calls.append("forward outside generate")
+        if not inside[0]:
+            calls.append(f"{allocator.current()}:forward outside generate")
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", generate)
@@ -39,12 +45,14 @@ def test_prefill_is_generate_of_one_token_and_decode_the_rest(tiny_source, monke
     monkeypatch.setattr(inference, "time_call", _fake_time_call(clock))
     settings = InferenceSettings(batch_size=1, prompt_len=8, new_tokens=4, warmup=1, repeats=2)
     rows = inference.run(loaded, SimpleNamespace(device="cpu"), settings)
-    # memory first, with the memory settings: a warmup and a tracked call per phase, then an
-    # untimed decode whose cache is counted; then per phase a warmup and two timed calls with
-    # the timing settings; the cell is left with the memory settings
+    # memory first, with the memory settings: a warmup and a tracked call per phase, then the
+    # untimed prompt forward and decode whose caches are counted; then per phase a warmup and
+    # two timed calls with the timing settings; the cell is left with the memory settings
     assert calls == [
         *["memory:generate:1:1"] * 2,
-        *["memory:generate:4:4"] * 3,
+        *["memory:generate:4:4"] * 2,
+        "memory:forward outside generate",
+        "memory:generate:4:4",
         *["timing:generate:1:1"] * 3,
         *["timing:generate:4:4"] * 3,
     ]
