@@ -34,6 +34,26 @@ def tiny_source(synthetic_cache: Path):
     return resolve(TINY)
 
 
+def tiny_cell(precision: str = "fp32", **workloads):
+    """One CPU cell of the tiny synthetic model in ``precision`` with these workload settings
+    (the rest at their defaults), as ``run_cell`` takes it."""
+    from harness.config import Cell
+    from harness.schemes import get_handler
+    from harness.workloads.settings import Workloads
+
+    return Cell(
+        experiment="t",
+        model=TINY,
+        precision=precision,
+        precision_options=get_handler(precision).options().model_dump(),
+        adapter="none",
+        seed=0,
+        device="cpu",
+        timeout_s=60,
+        workloads=Workloads(**workloads),
+    )
+
+
 def write_experiment(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

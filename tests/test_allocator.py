@@ -10,15 +10,13 @@ import pytest
 
 from harness.measure import allocator
 from harness.measure.memory import track_phase
+from tests.conftest import tiny_cell
 
 _PROBE = """
 import ctypes, sys
 from harness.measure import allocator
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd",
-        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+from harness.measure.allocator import _MallInfo2 as MallInfo2
 
 libc = ctypes.CDLL("libc.so.6")
 if not hasattr(libc, "mallinfo2"):
@@ -103,10 +101,7 @@ def test_heap_blocks_freed_under_timing_settings_show_as_free_heap() -> None:
 
 def test_a_cell_runs_workloads_without_memory_phases_in_a_timing_window(tiny_source, monkeypatch):
     import harness.workloads as workloads
-    from harness.config import Cell
     from harness.runner.cell import run_cell
-    from harness.schemes import get_handler
-    from harness.workloads.settings import Workloads
 
     seen: dict[str, str | None] = {}
     real = workloads.get_runner
@@ -119,19 +114,9 @@ def test_a_cell_runs_workloads_without_memory_phases_in_a_timing_window(tiny_sou
         return run
 
     monkeypatch.setattr(workloads, "get_runner", recording)
-    cell = Cell(
-        experiment="t",
-        model="synthetic:tiny-llama",
-        precision="fp32",
-        precision_options=get_handler("fp32").options().model_dump(),
-        adapter="none",
-        seed=0,
-        device="cpu",
-        timeout_s=60,
-        workloads=Workloads(
-            inference={"prompt_len": 8, "new_tokens": 4, "repeats": 1},
-            perplexity={"max_tokens": 64, "window": 32},
-        ),
+    cell = tiny_cell(
+        inference={"prompt_len": 8, "new_tokens": 4, "repeats": 1},
+        perplexity={"max_tokens": 64, "window": 32},
     )
     assert run_cell(cell)["status"] == "ok"
     # inference tracks memory itself (the cell's memory settings); the others are timed whole

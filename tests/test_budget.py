@@ -6,6 +6,7 @@ import pytest
 
 from harness import budget
 from harness.workloads.settings import Workloads
+from tests.conftest import tiny_cell
 
 AVX2 = frozenset({"avx2", "fma"})
 MEASURED_SLOWDOWN = budget.matmul_slowdown  # the real one, before any test replaces it
@@ -109,25 +110,13 @@ def test_a_native_cell_records_the_measured_ratio_and_a_near_one_ratio_stays_nat
 
 
 def test_run_cell_applies_the_caps_and_records_them(tiny_source, monkeypatch):
-    from harness.config import Cell
     from harness.runner.cell import run_cell
-    from harness.schemes import get_handler
 
     monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
     monkeypatch.setattr(budget, "cpu_flags", lambda: AVX2)
     monkeypatch.setitem(budget.EMULATED_CAPS, "perplexity", {"max_tokens": 64})
-    cell = Cell(
-        experiment="t",
-        model="synthetic:tiny-llama",
-        precision="bf16",
-        precision_options=get_handler("bf16").options().model_dump(),
-        adapter="none",
-        seed=0,
-        device="cpu",
-        timeout_s=60,
-        workloads=Workloads(
-            footprint={"enabled": False}, perplexity={"max_tokens": 256, "window": 32}
-        ),
+    cell = tiny_cell(
+        "bf16", footprint={"enabled": False}, perplexity={"max_tokens": 256, "window": 32}
     )
     rows = run_cell(cell)["rows"]
     assert [r["value"] for r in rows if r["metric"] == "budget.emulated"] == [1.0]

@@ -10,6 +10,7 @@ import torch
 from harness.measure.bnb_storage import double_quant_rows, dq_saving_for_layer
 from harness.schemes import get_handler
 from harness.workloads.footprint import inventory, savings, summarize
+from tests.conftest import tiny_cell
 
 # Quantized linears of tiny-llama per layer as (out, in); 2 layers; lm_head stays fp32.
 SHAPES = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)] * 2
@@ -109,23 +110,11 @@ def test_nf4_reconstructs_normal_weights_better_than_fp4() -> None:
 
 
 def test_unsupported_platform_is_an_error_row_not_a_crash(tiny_source, monkeypatch) -> None:
-    from harness.config import Cell
     from harness.runner.cell import run_cell
     from harness.schemes import bnb
-    from harness.workloads.settings import Workloads
 
     monkeypatch.setattr(bnb, "SUPPORTED_DEVICES", ("cuda",))
-    cell = Cell(
-        experiment="t",
-        model="synthetic:tiny-llama",
-        precision="nf4",
-        precision_options=get_handler("nf4").options().model_dump(),
-        adapter="none",
-        seed=0,
-        device="cpu",
-        timeout_s=60,
-        workloads=Workloads(),
-    )
+    cell = tiny_cell("nf4")
     record = run_cell(cell)
     assert record["status"] == "error"
     assert "bitsandbytes does not support device 'cpu'" in record["error"]
