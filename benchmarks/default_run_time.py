@@ -13,16 +13,31 @@ budget. This approximates, and does not replace, a CPU without those instruction
 bf16 matmul becomes ~4x slower than fp32, where an AVX2-only EPYC was measured ~20x slower on
 a bf16 prefill.
 
-    .venv/bin/python benchmarks/default_run_time.py [--emulate-avx2] [--experiment PATH]
+``--slowdown K`` emulates a CPU K times slower at everything: the run's whole process tree is
+stopped (SIGSTOP) for (K-1)/K of every 20 ms and resumed for the rest, so each process gets
+1/K of the wall time it would have had. Cells then measure themselves slower, and the
+experiment's ``cell_target_s`` caps the budgets of cells projected over it. Combined with
+``--emulate-avx2`` this is the slowest CPU the benchmark can stand in for; the AVX2-only
+EPYC that took 28 minutes with earlier code ran this experiment's cells ~2-4x slower than the
+AVX-512 EPYC these figures come from (by its per-cell times and decode rates).
+
+For each cell it prints the projection the budget rests on (``budget.projected_s``) next to
+the sum of its workloads' measured wall times, so the projection's error shows.
+
+    .venv/bin/python benchmarks/default_run_time.py [--emulate-avx2] [--slowdown K]
+        [--experiment PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", default="experiments/default.yaml")
     parser.add_argument("--emulate-avx2", action="store_true")
+    parser.add_argument("--slowdown", type=float, default=1.0, help="emulate a K times slower CPU")
     args = parser.parse_args()
     env = {**os.environ, **(AVX2_ENV if args.emulate_avx2 else {})}
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,11 +60,24 @@ def main() -> None:
         cmd = [sys.executable, "-m", "harness.cli", "run", args.experiment]
         cmd += ["--out", str(out), "--force"]
         start = time.perf_counter()
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        stop = threading.Event()
+        if args.slowdown > 1:
+            threading.Thread(target=throttle, args=(proc.pid, args.slowdown, stop)).start()
+        stdout, stderr = proc.communicate()
+        stop.set()
         wall = time.perf_counter() - start
+        done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         print(f"cpu: {cpu_name()}; {os.cpu_count()} cores; torch kernels: {capability(env)}")
         if args.emulate_avx2:
             print("emulated AVX2: " + " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()))
+        if args.slowdown > 1:
+            print(
+                f"emulated {args.slowdown:g}x slower CPU: the run's processes stopped "
+                f"{1 - 1 / args.slowdown:.0%} of every {PERIOD_S * 1e3:.0f} ms"
+            )
         print(f"harness run {args.experiment}: exit {done.returncode}, {wall:.0f} s wall")
         if done.returncode not in (0, 3):
             print(done.stderr[-2000:])
@@ -56,6 +85,35 @@ def main() -> None:
         report_cells(load_table(out))
     verdict = "under" if wall < TARGET_S else "OVER"
     print(f"{verdict} the {TARGET_S // 60}-minute target")
+
+
+PERIOD_S = 0.02
+
+
+def throttle(root: int, slowdown: float, stop: threading.Event) -> None:
+    """Stops ``root`` and every descendant for (K-1)/K of each period until ``stop`` is set."""
+    import psutil
+
+    try:
+        parent = psutil.Process(root)
+    except psutil.NoSuchProcess:
+        return
+    run_s = PERIOD_S / slowdown
+    while not stop.is_set():
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        _signal(tree, signal.SIGSTOP)
+        time.sleep(PERIOD_S - run_s)
+        _signal(tree, signal.SIGCONT)
+        time.sleep(run_s)
+
+
+def _signal(processes, sig) -> None:
+    for p in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, sig)
 
 
 def capability(env: dict[str, str]) -> str:
@@ -68,9 +126,16 @@ def capability(env: dict[str, str]) -> str:
 def report_cells(table) -> None:
     cells = table.drop_duplicates("cell_id")
     for _, cell in cells.iterrows():
-        print(f"  {cell.precision}: {cell.cell_status}, {cell.duration_s:.0f} s")
-    for _, row in table[table.metric == "budget.emulated"].iterrows():
-        print(f"  {row.precision}: budget.emulated: {row.method}")
+        rows = table[table.cell_id == cell.cell_id]
+        walls = rows[rows.metric == "wall_time_s"].value.sum()
+        projected = rows[rows.metric == "budget.projected_s"].value
+        plan = f"; projected {projected.iloc[0]:.0f} s" if len(projected) else ""
+        print(
+            f"  {cell.precision}: {cell.cell_status}, {cell.duration_s:.0f} s "
+            f"(workloads {walls:.0f} s{plan})"
+        )
+    for _, row in table[table.metric.isin(["budget.emulated", "budget.capped"])].iterrows():
+        print(f"  {row.precision}: {row.metric}: {row.method}")
 
 
 if __name__ == "__main__":

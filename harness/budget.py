@@ -1,15 +1,24 @@
-"""Token and item budgets of cells whose compute dtype this CPU only emulates.
+"""Token and item budgets of CPU cells that would otherwise run too long.
 
-CPUs without bf16 (or fp16) instructions run those matmuls in software: on an AVX2-only CPU a
-bf16 prefill runs ~20x slower than fp32, and one bf16 cell of the default experiment took 13
-minutes. A dtype counts as emulated where the CPU lacks its flags, or where a small matmul in it
-is measured more than 1.5x slower than in fp32 (a CPU whose flags claim it while torch is held
-to a lower instruction set, e.g. ``ATEN_CPU_CAPABILITY=avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2``).
-Such a cell (dense weights computing in a dtype the CPU lacks) keeps every workload but runs it
-on a capped budget (:data:`EMULATED_CAPS`): fewer perplexity and agreement tokens, fewer task items,
-a shorter decode. The cell records a ``budget.emulated`` row naming why (the missing CPU
-feature or the measured slowdown) and the caps; every workload's protocol names the budget it
-actually ran. ``HARNESS_FULL_BUDGET=1`` turns the caps off.
+Two reasons cap a CPU cell's budget, and its rows say which:
+
+* Its dense weights compute in a dtype this CPU only emulates. CPUs without bf16 (or fp16)
+  instructions run those matmuls in software: on an AVX2-only CPU a bf16 prefill runs ~20x
+  slower than fp32, and one bf16 cell of the default experiment took 13 minutes. A dtype
+  counts as emulated where the CPU lacks its flags, or where a small matmul in it is measured
+  more than 1.5x slower than in fp32 (a CPU whose flags claim it while torch is held to a lower
+  instruction set, e.g. ``ATEN_CPU_CAPABILITY=avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2``); a
+  ``budget.emulated`` row names why.
+* The experiment sets a cell time target (``cell_target_s``) and the cell's workloads are
+  projected (:mod:`harness.projection`, from two timed forwards of the loaded model) to take
+  longer than that at the budget the experiment asks for: a slow CPU, a slow kernel.
+
+Such a cell keeps every workload but runs it on a capped budget (:data:`EMULATED_CAPS`: fewer
+perplexity and agreement tokens, fewer task items, a shorter decode), halved further while the
+projection is still over the target, never below :data:`FLOORS`. A ``budget.capped`` row names
+the reasons and the caps; ``budget.projected_full_s`` and ``budget.projected_s`` give the
+projections of the asked-for and the run budget; every workload's protocol names the budget it
+actually ran. ``HARNESS_FULL_BUDGET=1`` turns the caps off (the rows saying why stay).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import os
 import time
 from functools import lru_cache
 from typing import Any
+
+from harness import projection
 
 # CPU flags (Linux /proc/cpuinfo) that make each dtype's matmuls native
 NATIVE_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
@@ -28,6 +39,9 @@ EMULATED_CAPS: dict[str, dict[str, int]] = {
     "accuracy": {"limit": 5, "rolling_docs": 1},
     "inference": {"new_tokens": 16, "repeats": 2},
 }
+FLOORS = {"limit": 2, "rolling_docs": 1, "new_tokens": 8, "repeats": 2}
+"""Halved caps stop here (perplexity and agreement stop at one window): every workload still
+measures something with a spread."""
 FULL_BUDGET_ENV = "HARNESS_FULL_BUDGET"
 
 
@@ -110,29 +124,118 @@ def _capped(settings: Any, caps: dict[str, int]) -> Any:
     return settings.model_copy(update=update) if update else settings
 
 
-def adapt(workloads: Any, names: list[str], device: str, loaded: Any) -> tuple[dict, list[dict]]:
-    """``({workload: settings to run}, rows)``; settings are capped for emulated cells. A dense
-    CPU cell computing in a 16-bit dtype whose flags the CPU lists also gets a
-    ``budget.matmul_slowdown`` row: the measured ratio the verdict rests on."""
+def _floor(settings: Any, key: str) -> int:
+    """The smallest value halving may reach: one window, two items, two timed calls."""
+    if key == "max_tokens":
+        return settings.window
+    return FLOORS.get(key, 1)
+
+
+def caps_at(settings: dict[str, Any], level: int) -> dict[str, dict[str, int]]:
+    """:data:`EMULATED_CAPS` halved ``level`` times, never below a workload's floor (nor
+    above its own value)."""
+    caps = {}
+    for name, base in EMULATED_CAPS.items():
+        if name not in settings:
+            continue
+        caps[name] = {
+            key: max(_floor(settings[name], key), cap >> level) for key, cap in base.items()
+        }
+    return caps
+
+
+def _apply(settings: dict[str, Any], caps: dict[str, dict[str, int]]) -> dict[str, Any]:
+    return {n: _capped(s, caps.get(n, {})) for n, s in settings.items()}
+
+
+def projected(probe: projection.Probe, settings: dict[str, Any]) -> float:
+    """Seconds the workloads' forwards project to on the probed model."""
+    return sum(
+        projection.projected_s(probe, projection.forwards(n, s)) for n, s in settings.items()
+    )
+
+
+def fit(
+    settings: dict[str, Any], probe: projection.Probe | None, target_s: float | None, level: int
+) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """The settings capped at ``level`` and, with a probe and a target, at the first deeper
+    level projected within the target (or the floors, where none is)."""
+    while True:
+        caps = caps_at(settings, level)
+        capped = _apply(settings, caps)
+        if probe is None or target_s is None or projected(probe, capped) <= target_s:
+            return capped, caps
+        if caps_at(settings, level + 1) == caps:  # every cap at its floor
+            return capped, caps
+        level += 1
+
+
+def adapt(
+    workloads: Any, names: list[str], device: str, loaded: Any, target_s: float | None = None
+) -> tuple[dict, list[dict]]:
+    """``({workload: settings to run}, rows)``. A CPU cell runs capped settings when its dense
+    weights compute in a dtype this CPU emulates (:data:`EMULATED_CAPS`) or when, given a cell
+    time target, its workloads are projected (:mod:`harness.projection`) to take longer than
+    that; the caps are then halved until the projection fits or every cap is at its floor. A
+    dense CPU cell computing in a 16-bit dtype whose flags the CPU lists also gets a
+    ``budget.matmul_slowdown`` row: the measured ratio the emulation verdict rests on."""
     settings = {n: getattr(workloads, n) for n in names}
-    dtype = loaded.compute_dtype
-    if device != "cpu" or loaded.storage != "dense" or dtype not in NATIVE_FLAGS:
+    if device != "cpu":
         return settings, []
+    rows, why = _dtype_rows(loaded)
+    probe = projection.measure(loaded.model) if target_s else None
+    full_s = projected(probe, settings) if probe else None
+    slow = full_s is not None and full_s > target_s
+    if probe:
+        rows.append(_row("budget.projected_full_s", full_s, "s", _projection_method(probe)))
+    if os.environ.get(FULL_BUDGET_ENV) == "1" or not (why or slow):
+        if probe:
+            rows.append(
+                _row("budget.projected_s", full_s, "s", f"full budget; {_target(target_s)}")
+            )
+        return settings, rows
+    settings, caps = fit(settings, probe if slow else None, target_s, 0)
+    described = "; ".join(
+        f"{n}: " + ", ".join(f"{k}<={v}" for k, v in c.items()) for n, c in caps.items()
+    )
+    if why:
+        method = f"{loaded.compute_dtype} emulated ({why}); capped budget: {described}"
+        rows.append(_row("budget.emulated", 1.0, "bool", method))
+    if probe:
+        run_s = projected(probe, settings)
+        rows.append(_row("budget.projected_s", run_s, "s", f"capped budget; {_target(target_s)}"))
+    reasons = [why] if why else []
+    if slow:
+        reasons.append(f"projected {full_s:.0f} s, over the {target_s:g} s cell target")
+    rows.append(
+        _row("budget.capped", 1.0, "bool", f"{'; '.join(reasons)}; capped budget: {described}")
+    )
+    return settings, rows
+
+
+def _dtype_rows(loaded: Any) -> tuple[list[dict[str, Any]], str]:
+    """The measured 16-bit slowdown row (where the CPU lists the dtype's flags) and the
+    emulation reason ("" where the cell's dtype is native or not dense 16-bit)."""
+    dtype = loaded.compute_dtype
+    if loaded.storage != "dense" or dtype not in NATIVE_FLAGS:
+        return [], ""
     rows, slowdown = [], None
     if any(f in cpu_flags() for f in NATIVE_FLAGS[dtype]):
         slowdown = matmul_slowdown(dtype)
         rows.append(_row("budget.matmul_slowdown", slowdown, "x float32", SLOWDOWN_METHOD))
-    why = emulation_reason(device, loaded.storage, dtype, slowdown=slowdown)
-    if os.environ.get(FULL_BUDGET_ENV) == "1" or not why:
-        return settings, rows
-    settings = {n: _capped(s, EMULATED_CAPS.get(n, {})) for n, s in settings.items()}
-    caps = "; ".join(
-        f"{n}: " + ", ".join(f"{k}<={v}" for k, v in c.items())
-        for n, c in EMULATED_CAPS.items()
-        if n in names
+    return rows, emulation_reason("cpu", loaded.storage, dtype, slowdown=slowdown)
+
+
+def _projection_method(probe: projection.Probe) -> str:
+    return (
+        f"each workload's forwards at {probe.per_forward_s * 1e3:.1f} ms per forward + "
+        f"{probe.per_token_s * 1e3:.2f} ms per token (a 1-token and a "
+        f"{projection.PROBE_TOKENS}-token forward timed on this model); full budget"
     )
-    method = f"{dtype} emulated ({why}); capped budget: {caps}"
-    return settings, [*rows, _row("budget.emulated", 1.0, "bool", method)]
+
+
+def _target(target_s: float | None) -> str:
+    return f"cell target {target_s:g} s" if target_s else "no cell target"
 
 
 def _row(metric: str, value: float, unit: str, method: str) -> dict[str, Any]:

@@ -78,6 +78,11 @@ def run(
 ) -> None:
     """Run every cell of an experiment matrix, each in its own process, and collect the table.
 
+    On CPU a cell may run a capped budget (fewer tokens and items): when its 16-bit dtype is
+    emulated by this CPU, or when the experiment sets cell_target_s and the cell's workloads
+    are projected to take longer. Its budget.capped row says why; HARNESS_FULL_BUDGET=1 runs
+    every cell on the budget as written.
+
     Exit codes: 0 every cell ok or skipped; 2 bad input; 3 some cell ended error, oom or
     timeout; 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM), running cells ended.
     """

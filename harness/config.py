@@ -139,6 +139,10 @@ class Experiment(BaseModel):
     device: DeviceName = "auto"
     timeout_s: float = Field(1800.0, gt=0)
     """Wall-clock limit of one cell; a cell past it is recorded with status ``timeout``."""
+    cell_target_s: float | None = Field(None, gt=0)
+    """Seconds a CPU cell's workloads should take: a cell projected to take longer at the
+    budget below runs a capped one and says so (``harness.budget``). None: the budget as
+    written, however long it takes."""
     workloads: Workloads = Workloads()
 
     @field_validator("precisions", mode="before")
@@ -181,6 +185,7 @@ class Cell(BaseModel):
     seed: int
     device: Literal["cpu", "cuda"]
     timeout_s: float
+    cell_target_s: float | None = None
     workloads: Workloads
 
     def content(self) -> dict[str, Any]:
@@ -189,6 +194,8 @@ class Cell(BaseModel):
         data = self.model_dump(mode="json")
         data.pop("experiment")
         data.pop("timeout_s")
+        if data["cell_target_s"] is None:  # keeps the ids of cells without a target
+            data.pop("cell_target_s")
         return data
 
     @property
@@ -239,6 +246,7 @@ def expand(exp: Experiment, device: str | None = None) -> list[Cell]:
             seed=seed,
             device=dev,
             timeout_s=exp.timeout_s,
+            cell_target_s=exp.cell_target_s,
             workloads=exp.workloads,
         )
         for model, prec, adapter, seed in itertools.product(

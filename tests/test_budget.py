@@ -61,7 +61,7 @@ def test_emulated_cell_gets_capped_settings_and_a_row(monkeypatch):
     assert settings["accuracy"].limit == 5 and settings["accuracy"].rolling_docs == 1
     assert settings["inference"].new_tokens == 16 and settings["inference"].repeats == 2
     assert settings["inference"].prompt_len == wl.inference.prompt_len  # uncapped keys kept
-    assert [r["metric"] for r in rows] == ["budget.emulated"]
+    assert [r["metric"] for r in rows] == ["budget.emulated", "budget.capped"]
     assert "avx512_bf16" in rows[0]["method"] and "max_tokens<=2048" in rows[0]["method"]
     # the experiment's own (smaller) values are never raised
     small = Workloads(perplexity={"max_tokens": 512})
@@ -122,3 +122,146 @@ def test_run_cell_applies_the_caps_and_records_them(tiny_source, monkeypatch):
     assert [r["value"] for r in rows if r["metric"] == "budget.emulated"] == [1.0]
     ppl = next(r for r in rows if r["metric"] == "perplexity")
     assert ppl["n"] == 2 * 31  # two capped 32-token windows (31 predictions each), not eight
+
+
+def _default_like():
+    return Workloads(
+        inference={"new_tokens": 32, "repeats": 3},
+        perplexity={"max_tokens": 4096, "window": 1024},
+        accuracy={"enabled": True, "limit": 10, "rolling_docs": 2},
+        agreement={"enabled": True, "max_tokens": 2048, "window": 1024},
+    )
+
+
+def _probe(monkeypatch, per_forward_s, per_token_s):
+    probe = budget.projection.Probe(per_forward_s, per_token_s)
+    monkeypatch.setattr(budget.projection, "measure", lambda model: probe)
+    return probe
+
+
+FP32 = SimpleNamespace(storage="dense", compute_dtype="float32", model=None)
+
+
+def test_a_cell_projected_within_its_target_keeps_the_full_budget(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    probe = _probe(monkeypatch, 0.001, 1e-5)
+    wl = _default_like()
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=100)
+    assert settings == {n: getattr(wl, n) for n in wl.enabled()}
+    by_metric = {r["metric"]: r for r in rows}
+    assert "budget.capped" not in by_metric
+    full = budget.projected(probe, settings)
+    assert (
+        by_metric["budget.projected_full_s"]["value"]
+        == by_metric["budget.projected_s"]["value"]
+        == pytest.approx(full)
+    )
+    assert "1.0 ms per forward" in by_metric["budget.projected_full_s"]["method"]
+
+
+def test_a_slow_cell_is_capped_until_its_projection_fits_the_target(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    probe = _probe(monkeypatch, 0.2, 0.01)  # ~10x slower than fp32 on a fast CPU
+    wl = _default_like()
+    asked = {n: getattr(wl, n) for n in wl.enabled()}
+    full = budget.projected(probe, asked)
+    level = [budget.projected(probe, budget.fit(asked, None, None, k)[0]) for k in (0, 1)]
+    target = (level[0] + level[1]) / 2  # the first caps are not enough, halved ones are
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=target)
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["budget.projected_full_s"]["value"] == pytest.approx(full)
+    run_s = by_metric["budget.projected_s"]["value"]
+    assert run_s == pytest.approx(level[1]) and run_s <= target < full
+    assert settings == budget.fit(asked, None, None, 1)[0]
+    assert settings["perplexity"].max_tokens == 1024  # 2048 halved
+    assert settings["accuracy"].limit == 2  # 5 halved, at its floor
+    assert "over the" in by_metric["budget.capped"]["method"]
+    assert "emulated" not in by_metric["budget.capped"]["method"]
+    assert "budget.emulated" not in by_metric  # fp32 is native
+
+
+def test_halving_stops_at_the_floors(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    _probe(monkeypatch, 100.0, 1.0)  # nothing fits
+    wl = _default_like()
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=1)
+    assert settings["perplexity"].max_tokens == 1024  # one window
+    assert settings["agreement"].max_tokens == 1024
+    assert settings["accuracy"].limit == 2 and settings["accuracy"].rolling_docs == 1
+    assert settings["inference"].new_tokens == 8 and settings["inference"].repeats == 2
+    assert settings["inference"].prompt_len == wl.inference.prompt_len
+    assert {r["metric"] for r in rows} >= {"budget.capped", "budget.projected_s"}
+
+
+def test_no_target_no_probe_and_the_opt_out_keeps_the_full_budget(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+
+    def must_not_run(model):
+        raise AssertionError("probed without a target")
+
+    monkeypatch.setattr(budget.projection, "measure", must_not_run)
+    wl = _default_like()
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32)
+    assert rows == [] and settings["perplexity"].max_tokens == 4096
+    _probe(monkeypatch, 100.0, 1.0)
+    monkeypatch.setenv(budget.FULL_BUDGET_ENV, "1")
+    settings, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=1)
+    assert settings["perplexity"].max_tokens == 4096
+    assert [r["metric"] for r in rows] == ["budget.projected_full_s", "budget.projected_s"]
+    assert budget.adapt(wl, wl.enabled(), "cuda", FP32, target_s=1) == (
+        {n: getattr(wl, n) for n in wl.enabled()},
+        [],
+    )
+
+
+def test_an_emulated_and_slow_cell_names_both_reasons(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    monkeypatch.setattr(budget, "cpu_flags", lambda: AVX2)
+    _probe(monkeypatch, 100.0, 1.0)
+    wl = _default_like()
+    loaded = SimpleNamespace(storage="dense", compute_dtype="bfloat16", model=None)
+    _, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded, target_s=1)
+    capped = next(r for r in rows if r["metric"] == "budget.capped")["method"]
+    assert "avx512_bf16" in capped and "over the 1 s cell target" in capped
+
+
+def test_run_cell_with_a_target_caps_and_records_workload_times(tiny_source, monkeypatch):
+    from harness.runner.cell import run_cell
+
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    cell = tiny_cell(
+        "fp32",
+        inference={"new_tokens": 16, "prompt_len": 8},
+        perplexity={"max_tokens": 256, "window": 32},
+    ).model_copy(update={"cell_target_s": 1e-6})
+    rows = run_cell(cell)["rows"]
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["budget.capped"]["value"] == 1.0
+    assert by_metric["budget.projected_full_s"]["value"] > by_metric["budget.projected_s"]["value"]
+    ppl = by_metric["perplexity"]
+    assert ppl["n"] == 31  # one 32-token window, the floor
+    walls = {r["workload"]: r["value"] for r in rows if r["metric"] == "wall_time_s"}
+    assert set(walls) == {"footprint", "inference", "perplexity"}
+    assert all(v > 0 for v in walls.values())
+    # footprint counts the weights as loaded, before the probe's forwards
+    order = [r["workload"] for r in rows]
+    assert order.index("footprint") < order.index("budget") < order.index("inference")
+
+
+def test_a_failing_probe_is_a_row_and_the_workloads_still_run(tiny_source, monkeypatch):
+    from harness.runner.cell import run_cell
+
+    def broken(model):
+        raise RuntimeError("probe forward failed")
+
+    monkeypatch.setattr(budget.projection, "measure", broken)
+    cell = tiny_cell(
+        "fp32",
+        footprint={"enabled": False},
+        inference={"enabled": False},
+        perplexity={"max_tokens": 64, "window": 32},
+    ).model_copy(update={"cell_target_s": 10.0})
+    rows = run_cell(cell)["rows"]
+    failed = [r for r in rows if r["workload"] == "budget"]
+    assert failed and "probe forward failed" in failed[0]["error"]
+    assert next(r for r in rows if r["metric"] == "perplexity")["n"] == 2 * 31

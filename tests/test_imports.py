@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
         "harness.results_dir",
         "harness.summary",
         "harness.budget",
+        "harness.projection",
     ),
     ("harness.runner",),
     ("harness.report",),

@@ -126,6 +126,15 @@ def problems_table(frame: Any) -> Any:
     return out[["run", "model", "precision", "adapter", "status", "error"]]
 
 
+def capped_table(frame: Any) -> Any:
+    """Cells that ran a smaller budget than their experiment asked for, and why
+    (``harness.budget``): their figures rest on fewer tokens and items."""
+    capped = frame[frame["metric"] == "budget.capped"]
+    out = capped[["run", "model", "precision", "adapter"]].copy()
+    out["why and caps"] = capped["method"].to_numpy()
+    return out.reset_index(drop=True)
+
+
 def environment_table(frame: Any) -> Any:
     """Environment of each run: device, versions, git sha (one column per run)."""
     import pandas as pd

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.report import environment_table, problems_table
+from harness.report import capped_table, environment_table, problems_table
 from harness.report.claims import evaluate, load_claims, verdict_table
 from harness.report.claims_scale import at_scale_table, measured_error_band
 from harness.report.plots import FIGURES
@@ -107,6 +107,13 @@ def build_sections(
     problems = problems_table(frame)
     failed = Section("Cells not ok")
     failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
+    budget = Section("Capped budgets")
+    capped = capped_table(frame)
+    if len(capped):
+        budget.text("These cells ran fewer tokens and items than the experiment asks for "
+                    "(each workload's protocol names the budget it ran):").table(capped)
+    else:
+        budget.text("Every cell ran the budget its experiment asks for.")
     claims, at_scale = claims_sections(frame, claims_path, samples)
     model = memory_model_section(frame)
     env = Section("Environment").table(environment_table(frame))
@@ -120,7 +127,7 @@ def build_sections(
         significance.table(paired)
     else:
         significance.text("No fp32 cell with per-item samples to compare against.")
-    return sections + [failed, significance, claims, at_scale, model, env]
+    return sections + [failed, budget, significance, claims, at_scale, model, env]
 
 
 def claims_sections(frame: Any, claims_path: Path | None, samples: Any) -> list[Section]:

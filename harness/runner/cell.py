@@ -64,6 +64,19 @@ def allocator_rows() -> list[dict[str, Any]]:
     ]
 
 
+def _wall_row(name: str, seconds: float) -> dict[str, Any]:
+    """How long a workload took in all (warmups, memory phases, timed calls), so a cell's
+    time can be checked against its projection (``budget.projected_s``)."""
+    method = "wall time of the whole workload in this cell, warmups and memory phases included"
+    return {
+        "workload": name,
+        "metric": "wall_time_s",
+        "value": seconds,
+        "unit": "s",
+        "method": method,
+    }
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Everything one cell measures, as a results record (see harness.results)."""
     import torch
@@ -124,16 +137,28 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     except Exception as exc:  # the baseline is a measurement like any other: a row, not a crash
         rows.append(_failure_row("load", exc))
     names = list(cell.workloads.enabled())
-    budgets, budget_rows = adapt_budget(cell.workloads, names, cell.device, loaded)
-    rows.extend(budget_rows)
+    budgets = {n: getattr(cell.workloads, n) for n in names}
+    probed = False
     for name in names:
+        if not probed and get_entry(name).runs_model:  # see WorkloadEntry.runs_model
+            try:
+                budgets, budget_rows = adapt_budget(
+                    cell.workloads, names, cell.device, loaded, cell.cell_target_s
+                )
+            except Exception as exc:  # the workloads still run, on the budget as written
+                budget_rows = [_failure_row("budget", exc)]
+            rows.extend(budget_rows)
+            probed = True
         settings = budgets[name]
         # a workload without memory phases runs as a user's process would, fast
         window = nullcontext() if get_entry(name).tracks_memory else allocator.timing_window()
+        start, before = time.perf_counter(), len(rows)
         try:
             with window:
                 produced = get_runner(name)(loaded, cell, settings)
             rows.extend({"workload": name, **r} for r in produced)
         except Exception as exc:
             rows.append(_failure_row(name, exc))
+        if len(rows) > before:  # a workload with nothing to do in this cell stays silent
+            rows.append(_wall_row(name, time.perf_counter() - start))
     return record(_cell_status(rows), rows, storage=loaded.storage)

@@ -41,6 +41,10 @@ class WorkloadEntry:
     """Whether it has tracked memory phases. One that has none runs entirely with the
     allocator's timing settings (:mod:`harness.measure.allocator`); one that has them measures
     memory with the memory settings and opens a timing window only around its timed calls."""
+    runs_model: bool = True
+    """Whether it calls the model. The cell's budget probe (:mod:`harness.projection`) runs
+    forwards, and bitsandbytes changes its 4-bit CPU layout at the first one, so a workload
+    that only counts the weights as loaded runs before the probe."""
 
 
 _ENTRIES: list[WorkloadEntry] = [
@@ -49,6 +53,7 @@ _ENTRIES: list[WorkloadEntry] = [
         s.FootprintSettings,
         "harness.workloads.footprint:run",
         "stored bytes of parameters and buffers by dtype and category, bits per parameter",
+        runs_model=False,
     ),
     WorkloadEntry(
         "inference",

@@ -89,3 +89,18 @@ def test_repeated_metric_is_stacked_once(make_table) -> None:
 
     fig = training_memory(normalize(make_table().assign(run="r")))
     assert 2.8 < fig.axes[0].get_ylim()[1] < 3.5  # 2.81 GB peak bar, activations counted once
+
+
+def test_capped_cells_are_listed_with_why(full_report: Path, make_table) -> None:
+    from harness.report import capped_table
+
+    md = (full_report / "report.md").read_text()
+    section = md.split("## Capped budgets")[1].split("\n## ")[0]
+    assert "Every cell ran the budget its experiment asks for." in section
+    frame = make_table().assign(run="cpu")
+    row = frame[frame["precision"] == "bf16"].iloc[[0]].copy()
+    row["metric"], row["method"] = "budget.capped", "projected 300 s, over the 90 s cell target"
+    capped = capped_table(pd.concat([frame, row], ignore_index=True))
+    assert capped[["precision", "why and caps"]].values.tolist() == [
+        ["bf16", "projected 300 s, over the 90 s cell target"]
+    ]

@@ -38,3 +38,17 @@ def test_a_workload_tracks_memory_exactly_when_its_module_opens_a_tracked_phase(
 
     module = importlib.import_module(get_entry(name).runner.split(":")[0])
     assert ("track_phase(" in inspect.getsource(module)) == get_entry(name).tracks_memory
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_a_workload_runs_the_model_unless_its_module_never_calls_it(name) -> None:
+    """A workload said not to run the model is run before the budget probe's forwards: it must
+    not call the model, its generate or lm-eval itself."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(get_entry(name).runner.split(":")[0])
+    source = inspect.getsource(module)
+    calls = any(c in source for c in ("model(", "generate(", "evaluate_tasks(", "_logits("))
+    assert calls or not get_entry(name).runs_model
+    assert get_entry(name).runs_model or not calls
