@@ -4,7 +4,7 @@ AVX2-only CPU.
 Runs ``harness run experiments/default.yaml`` into a temporary directory (``--force``: every
 cell measured) and prints the whole command's wall time against the 10-minute target, each
 cell's status and duration, the torch CPU capability the cells ran with and every
-``budget.emulated`` row.
+``budget.emulated`` and ``budget.capped`` row.
 
 ``--emulate-avx2`` holds torch to AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``) and oneDNN to
 AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``), so bf16 matmuls are no longer native on a CPU that has
@@ -17,12 +17,17 @@ a bf16 prefill.
 stopped (SIGSTOP) for (K-1)/K of every 20 ms and resumed for the rest, so each process gets
 1/K of the wall time it would have had. Cells then measure themselves slower, and the
 experiment's ``cell_target_s`` caps the budgets of cells projected over it. Combined with
-``--emulate-avx2`` this is the slowest CPU the benchmark can stand in for; the AVX2-only
-EPYC that took 28 minutes with earlier code ran this experiment's cells ~2-4x slower than the
-AVX-512 EPYC these figures come from (by its per-cell times and decode rates).
+``--emulate-avx2`` this is the slowest CPU the benchmark can stand in for. For scale: the
+AVX2-only EPYC that took 28 minutes with earlier code (and a larger budget) ran the fp32, int8
+and nf4-dq cells ~2.3x longer than an Intel Xeon did with that code, which ran them ~1.3x
+longer than the AVX-512 EPYC these figures come from: ~3x in all. Its nf4-dq decode was 14x
+slower (2.8 against ~40 tokens/s here): bitsandbytes' own CPU kernels, which the flags above
+do not hold back. A uniform slowdown does not reproduce that; the cell's probe measures
+whatever its kernels cost.
 
-For each cell it prints the projection the budget rests on (``budget.projected_s``) next to
-the sum of its workloads' measured wall times, so the projection's error shows.
+For each cell it prints the projection the budget rests on (``budget.projected_s``: the
+workloads' forwards) next to the sum of its workloads' measured wall times, which also hold
+what is not projected (lm-eval's setup, an agreement reference built on first use).
 
     .venv/bin/python benchmarks/default_run_time.py [--emulate-avx2] [--slowdown K]
         [--experiment PATH]
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -64,10 +70,17 @@ def main() -> None:
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         stop = threading.Event()
+        throttler = threading.Thread(
+            target=throttle, args=(proc.pid, args.slowdown, stop), daemon=True
+        )
         if args.slowdown > 1:
-            threading.Thread(target=throttle, args=(proc.pid, args.slowdown, stop)).start()
-        stdout, stderr = proc.communicate()
-        stop.set()
+            throttler.start()
+        try:
+            stdout, stderr = proc.communicate()
+        finally:
+            stop.set()
+            if throttler.is_alive():
+                throttler.join()
         wall = time.perf_counter() - start
         done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         print(f"cpu: {cpu_name()}; {os.cpu_count()} cores; torch kernels: {capability(env)}")
@@ -88,10 +101,13 @@ def main() -> None:
 
 
 PERIOD_S = 0.02
+REFRESH = 25  # periods between listings of the process tree (0.5 s)
 
 
 def throttle(root: int, slowdown: float, stop: threading.Event) -> None:
-    """Stops ``root`` and every descendant for (K-1)/K of each period until ``stop`` is set."""
+    """Stops ``root`` and every descendant for (K-1)/K of each period until ``stop`` is set;
+    whatever it stopped is resumed on the way out. The process tree is listed again every
+    :data:`REFRESH` periods, while it is stopped, so the listing takes none of its run time."""
     import psutil
 
     try:
@@ -99,20 +115,34 @@ def throttle(root: int, slowdown: float, stop: threading.Event) -> None:
     except psutil.NoSuchProcess:
         return
     run_s = PERIOD_S / slowdown
-    while not stop.is_set():
-        try:
-            tree = [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        _signal(tree, signal.SIGSTOP)
-        time.sleep(PERIOD_S - run_s)
+    tree: list = []
+    try:
+        for period in itertools.count():
+            if stop.is_set():
+                return
+            _signal(tree, signal.SIGSTOP)
+            if period % REFRESH == 0:
+                tree = _tree(parent, tree)
+                _signal(tree, signal.SIGSTOP)
+            time.sleep(PERIOD_S - run_s)
+            _signal(tree, signal.SIGCONT)
+            time.sleep(run_s)
+    finally:
         _signal(tree, signal.SIGCONT)
-        time.sleep(run_s)
+
+
+def _tree(parent, previous: list) -> list:
+    import psutil
+
+    try:
+        return [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return previous
 
 
 def _signal(processes, sig) -> None:
     for p in processes:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(OSError):  # gone, or not ours to signal
             os.kill(p.pid, sig)
 
 

@@ -9,16 +9,18 @@ Two reasons cap a CPU cell's budget, and its rows say which:
   more than 1.5x slower than in fp32 (a CPU whose flags claim it while torch is held to a lower
   instruction set, e.g. ``ATEN_CPU_CAPABILITY=avx2`` with ``ONEDNN_MAX_CPU_ISA=AVX2``); a
   ``budget.emulated`` row names why.
-* The experiment sets a cell time target (``cell_target_s``) and the cell's workloads are
-  projected (:mod:`harness.projection`, from two timed forwards of the loaded model) to take
-  longer than that at the budget the experiment asks for: a slow CPU, a slow kernel.
+* The experiment sets a cell time target (``cell_target_s``, loading included) and the cell's
+  workloads are projected (:mod:`harness.projection`, from timed forwards of the loaded model)
+  to take longer than what loading left of it at the budget the experiment asks for: a slow
+  CPU, a slow kernel.
 
 Such a cell keeps every workload but runs it on a capped budget (:data:`EMULATED_CAPS`: fewer
 perplexity and agreement tokens, fewer task items, a shorter decode), halved further while the
 projection is still over the target, never below :data:`FLOORS`. A ``budget.capped`` row names
-the reasons and the caps; ``budget.projected_full_s`` and ``budget.projected_s`` give the
-projections of the asked-for and the run budget; every workload's protocol names the budget it
-actually ran. ``HARNESS_FULL_BUDGET=1`` turns the caps off (the rows saying why stay).
+the reasons and what changed (only where something did); ``budget.projected_full_s`` and
+``budget.projected_s`` give the projections of the asked-for and the run budget; every
+workload's protocol names the budget it actually ran. ``HARNESS_FULL_BUDGET=1`` turns the
+caps off (the rows saying why stay).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ EMULATED_CAPS: dict[str, dict[str, int]] = {
     "inference": {"new_tokens": 16, "repeats": 2},
 }
 FLOORS = {"limit": 2, "rolling_docs": 1, "new_tokens": 8, "repeats": 2}
-"""Halved caps stop here (perplexity and agreement stop at one window): every workload still
+"""Halved caps stop here (perplexity and agreement at two windows): every workload still
 measures something with a spread."""
 FULL_BUDGET_ENV = "HARNESS_FULL_BUDGET"
 
@@ -125,15 +127,15 @@ def _capped(settings: Any, caps: dict[str, int]) -> Any:
 
 
 def _floor(settings: Any, key: str) -> int:
-    """The smallest value halving may reach: one window, two items, two timed calls."""
+    """The smallest value halving may reach: two windows, two items, two timed calls."""
     if key == "max_tokens":
-        return settings.window
+        return 2 * settings.window
     return FLOORS.get(key, 1)
 
 
 def caps_at(settings: dict[str, Any], level: int) -> dict[str, dict[str, int]]:
-    """:data:`EMULATED_CAPS` halved ``level`` times, never below a workload's floor (nor
-    above its own value)."""
+    """:data:`EMULATED_CAPS` halved ``level`` times, never below a workload's floor (a cap
+    above a workload's own value leaves that value as it is: see ``_capped``)."""
     caps = {}
     for name, base in EMULATED_CAPS.items():
         if name not in settings:
@@ -171,46 +173,81 @@ def fit(
 
 
 def adapt(
-    workloads: Any, names: list[str], device: str, loaded: Any, target_s: float | None = None
+    workloads: Any,
+    names: list[str],
+    device: str,
+    loaded: Any,
+    target_s: float | None = None,
+    elapsed_s: float = 0.0,
 ) -> tuple[dict, list[dict]]:
     """``({workload: settings to run}, rows)``. A CPU cell runs capped settings when its dense
     weights compute in a dtype this CPU emulates (:data:`EMULATED_CAPS`) or when, given a cell
     time target, its workloads are projected (:mod:`harness.projection`) to take longer than
-    that; the caps are then halved until the projection fits or every cap is at its floor. A
-    dense CPU cell computing in a 16-bit dtype whose flags the CPU lists also gets a
-    ``budget.matmul_slowdown`` row: the measured ratio the emulation verdict rests on."""
-    settings = {n: getattr(workloads, n) for n in names}
+    what is left of it (``target_s - elapsed_s``: loading has used the rest); the caps are then
+    halved until the projection fits or every cap is at its floor. A dense CPU cell computing
+    in a 16-bit dtype whose flags the CPU lists also gets a ``budget.matmul_slowdown`` row: the
+    measured ratio the emulation verdict rests on."""
+    asked = {n: getattr(workloads, n) for n in names}
     if device != "cpu":
-        return settings, []
+        return asked, []
     rows, why = _dtype_rows(loaded)
-    probe = projection.measure(loaded.model) if target_s else None
-    full_s = projected(probe, settings) if probe else None
-    slow = full_s is not None and full_s > target_s
+    probe, left_s = None, None
+    if target_s:
+        left_s = max(0.0, target_s - elapsed_s)
+        try:
+            probe = projection.measure(loaded.model)
+        except Exception as exc:  # no projection: the dtype rule still applies
+            rows.append(_probe_failure(exc))
+    full_s = projected(probe, asked) if probe else None
+    slow = full_s is not None and full_s > left_s
     if probe:
         rows.append(_row("budget.projected_full_s", full_s, "s", _projection_method(probe)))
-    if os.environ.get(FULL_BUDGET_ENV) == "1" or not (why or slow):
-        if probe:
-            rows.append(
-                _row("budget.projected_s", full_s, "s", f"full budget; {_target(target_s)}")
-            )
-        return settings, rows
-    settings, caps = fit(settings, probe if slow else None, target_s, 0)
-    described = "; ".join(
-        f"{n}: " + ", ".join(f"{k}<={v}" for k, v in c.items()) for n, c in caps.items()
-    )
+    settings = asked
+    if os.environ.get(FULL_BUDGET_ENV) != "1" and (why or slow):
+        settings = fit(asked, probe if slow else None, left_s, 0)[0]
+    changes = _changes(asked, settings)
     if why:
-        method = f"{loaded.compute_dtype} emulated ({why}); capped budget: {described}"
+        method = f"{loaded.compute_dtype} emulated ({why}); budget: {changes or 'as asked'}"
         rows.append(_row("budget.emulated", 1.0, "bool", method))
     if probe:
         run_s = projected(probe, settings)
-        rows.append(_row("budget.projected_s", run_s, "s", f"capped budget; {_target(target_s)}"))
-    reasons = [why] if why else []
-    if slow:
-        reasons.append(f"projected {full_s:.0f} s, over the {target_s:g} s cell target")
-    rows.append(
-        _row("budget.capped", 1.0, "bool", f"{'; '.join(reasons)}; capped budget: {described}")
-    )
+        rows.append(_row("budget.projected_s", run_s, "s", _left(target_s, left_s, run_s)))
+    if changes:
+        reasons = [why] if why else []
+        if slow:
+            reasons.append(f"projected {full_s:.0f} s, over the {left_s:.0f} s left of the target")
+        rows.append(_row("budget.capped", 1.0, "bool", f"{'; '.join(reasons)}; ran {changes}"))
     return settings, rows
+
+
+def _changes(asked: dict[str, Any], run: dict[str, Any]) -> str:
+    """What capping changed, as ``workload: key old->new``; "" where nothing did."""
+    parts = []
+    for name, before in asked.items():
+        after = run[name]
+        diff = [
+            f"{k} {getattr(before, k)}->{getattr(after, k)}"
+            for k in EMULATED_CAPS.get(name, {})
+            if getattr(before, k) != getattr(after, k)
+        ]
+        if diff:
+            parts.append(f"{name}: " + ", ".join(diff))
+    return "; ".join(parts)
+
+
+def _left(target_s: float, left_s: float, run_s: float) -> str:
+    over = "; still over it at the floors" if run_s > left_s else ""
+    return f"{left_s:.0f} s left of the {target_s:g} s cell target after loading{over}"
+
+
+def _probe_failure(exc: Exception) -> dict[str, Any]:
+    error = f"probe forward failed, budget as asked: {type(exc).__name__}: {exc}"
+    return {
+        "workload": "budget",
+        "metric": "budget.projected_full_s",
+        "status": "skipped",
+        "error": error,
+    }
 
 
 def _dtype_rows(loaded: Any) -> tuple[list[dict[str, Any]], str]:
@@ -232,10 +269,6 @@ def _projection_method(probe: projection.Probe) -> str:
         f"{probe.per_token_s * 1e3:.2f} ms per token (a 1-token and a "
         f"{projection.PROBE_TOKENS}-token forward timed on this model); full budget"
     )
-
-
-def _target(target_s: float | None) -> str:
-    return f"cell target {target_s:g} s" if target_s else "no cell target"
 
 
 def _row(metric: str, value: float, unit: str, method: str) -> dict[str, Any]:

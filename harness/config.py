@@ -140,9 +140,10 @@ class Experiment(BaseModel):
     timeout_s: float = Field(1800.0, gt=0)
     """Wall-clock limit of one cell; a cell past it is recorded with status ``timeout``."""
     cell_target_s: float | None = Field(None, gt=0)
-    """Seconds a CPU cell's workloads should take: a cell projected to take longer at the
-    budget below runs a capped one and says so (``harness.budget``). None: the budget as
-    written, however long it takes."""
+    """Seconds a CPU cell should take, loading included: a cell whose workloads' forwards are
+    projected to take longer than what loading left of it runs a capped budget and says so
+    (``harness.budget``; process start and lm-eval's setup are not projected). None: the
+    budget as written, however long it takes."""
     workloads: Workloads = Workloads()
 
     @field_validator("precisions", mode="before")
@@ -194,8 +195,8 @@ class Cell(BaseModel):
         data = self.model_dump(mode="json")
         data.pop("experiment")
         data.pop("timeout_s")
-        if data["cell_target_s"] is None:  # keeps the ids of cells without a target
-            data.pop("cell_target_s")
+        if data["cell_target_s"] is None or self.device != "cpu":  # only CPU cells use it;
+            data.pop("cell_target_s")  # the ids of cells without one stay as they were
         return data
 
     @property

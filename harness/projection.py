@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PROBE_TOKENS = 128
+PROBE_REPEATS = 3
 ITEM_TOKENS = 8
 """Effective tokens of one loglikelihood request of the builtin tasks: a prompt and answer are
 ~16 tokens, and lm-eval's batches of short rows cost about half as much per token as the
@@ -53,9 +54,10 @@ def fit(one_token_s: float, probe_s: float, probe_tokens: int = PROBE_TOKENS) ->
     return Probe(max(0.0, one_token_s - per_token), per_token)
 
 
-def measure(model: Any) -> Probe:
-    """Times a 1-token and a :data:`PROBE_TOKENS`-token forward of ``model`` (one warm call
-    first: lazy initialization and weight repacking are not a forward's cost)."""
+def measure(model: Any, repeats: int = PROBE_REPEATS) -> Probe:
+    """Times a 1-token and a :data:`PROBE_TOKENS`-token forward of ``model``, best of
+    ``repeats`` each after one warm call of each size (lazy initialization, weight repacking
+    and a kernel's first use of a shape are not a forward's cost)."""
     import torch
 
     from harness.measure import allocator
@@ -66,15 +68,18 @@ def measure(model: Any) -> Probe:
     model.eval()
     try:
         with torch.inference_mode(), allocator.timing_window():
-            model(input_ids=ids[:, :1], use_cache=False)
-            times = []
+            best = []
             for n in (1, PROBE_TOKENS):
-                start = time.perf_counter()
                 model(input_ids=ids[:, :n], use_cache=False)
-                times.append(time.perf_counter() - start)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model(input_ids=ids[:, :n], use_cache=False)
+                    times.append(time.perf_counter() - start)
+                best.append(min(times))
     finally:
         model.train(was_training)
-    return fit(*times)
+    return fit(*best)
 
 
 def forwards(name: str, settings: Any) -> list[tuple[int, int]]:
@@ -102,23 +107,29 @@ def _windows(s: Any) -> list[tuple[int, int]]:
 
 
 def _accuracy(s: Any) -> list[tuple[int, int]]:
+    # harness.data.lmeval evaluates each listed task (or tag) on its own, and lm-eval batches
+    # the requests of a tag's tasks together; a few-shot prompt repeats num_fewshot solved
+    # items before the question
     from harness.data.rolling_task import rolling_documents
     from harness.data.tasks import SUITE_TAG, TASK_SPECS, generate_items
 
-    requests = 0
+    tokens = s.batch_size * ITEM_TOKENS * (1 + s.num_fewshot)
+    plan = []
     for task in s.tasks:
         specs = list(TASK_SPECS.values()) if task == SUITE_TAG else [TASK_SPECS.get(task)]
+        requests = 0
         for spec in specs:
             if spec is None:  # an lm-eval task: its size is unknown here
                 requests += (s.limit or 100) * OTHER_TASK_REQUESTS
-                continue
-            items = len(generate_items(spec.name))
-            requests += min(items, s.limit or items) * spec.num_choices
-    plan = [(math.ceil(requests / s.batch_size), s.batch_size * ITEM_TOKENS)]
+            else:
+                items = len(generate_items(spec.name))
+                requests += min(items, s.limit or items) * spec.num_choices
+        plan.append((math.ceil(requests / s.batch_size), tokens))
     for doc in rolling_documents()[: s.rolling_docs]:
-        tokens = len(doc) // CHARS_PER_TOKEN + 1
-        full, rest = divmod(tokens, s.rolling_max_length)
-        plan += [(full, s.rolling_max_length), (1 if rest else 0, rest)]
+        # lm-eval's rolling windows are full-length once a document is longer than one
+        n_tokens = len(doc) // CHARS_PER_TOKEN + 1
+        windows = math.ceil(n_tokens / s.rolling_max_length)
+        plan.append((windows, min(n_tokens, s.rolling_max_length)))
     return plan
 
 

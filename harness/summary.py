@@ -47,6 +47,8 @@ def cell_line(outcome: Any) -> str:
             parts.append(f"{title} {text}")
     if status != "ok" and record.get("error"):
         parts.append(f"[dim]{record['error'][:160]}[/]")
+    capped = [r for r in record["rows"] if r.get("metric") == "budget.capped"]
+    parts += [f"[yellow]capped budget: {r['method'][:200]}[/]" for r in capped]
     failed = [r for r in record["rows"] if r.get("status", "ok") != "ok"]
     parts += [f"[red]{r['workload']}: {r.get('error', '')[:120]}[/]" for r in failed]
     return "  ".join(parts)

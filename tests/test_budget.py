@@ -62,7 +62,7 @@ def test_emulated_cell_gets_capped_settings_and_a_row(monkeypatch):
     assert settings["inference"].new_tokens == 16 and settings["inference"].repeats == 2
     assert settings["inference"].prompt_len == wl.inference.prompt_len  # uncapped keys kept
     assert [r["metric"] for r in rows] == ["budget.emulated", "budget.capped"]
-    assert "avx512_bf16" in rows[0]["method"] and "max_tokens<=2048" in rows[0]["method"]
+    assert "avx512_bf16" in rows[0]["method"] and "max_tokens 8192->2048" in rows[0]["method"]
     # the experiment's own (smaller) values are never raised
     small = Workloads(perplexity={"max_tokens": 512})
     assert budget.adapt(small, ["perplexity"], "cpu", loaded)[0]["perplexity"].max_tokens == 512
@@ -81,8 +81,11 @@ def test_native_or_opted_out_cells_keep_the_full_budget(monkeypatch, flags, comp
     wl = _workloads()
     loaded = SimpleNamespace(storage="dense", compute_dtype=compute)
     settings, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded)
-    assert "budget.emulated" not in [r["metric"] for r in rows]
+    assert "budget.capped" not in [r["metric"] for r in rows]
     assert settings["perplexity"].max_tokens == 8192
+    if env:  # opted out: still said, with the budget as asked
+        emulated = next(r for r in rows if r["metric"] == "budget.emulated")
+        assert emulated["method"].endswith("budget: as asked")
 
 
 def test_listed_flags_with_a_slow_measured_matmul_cap_the_budget_and_say_why(monkeypatch):
@@ -173,8 +176,9 @@ def test_a_slow_cell_is_capped_until_its_projection_fits_the_target(monkeypatch)
     run_s = by_metric["budget.projected_s"]["value"]
     assert run_s == pytest.approx(level[1]) and run_s <= target < full
     assert settings == budget.fit(asked, None, None, 1)[0]
-    assert settings["perplexity"].max_tokens == 1024  # 2048 halved
+    assert settings["perplexity"].max_tokens == 2048  # two windows: the floor
     assert settings["accuracy"].limit == 2  # 5 halved, at its floor
+    assert settings["inference"].new_tokens == 8  # 16 halved
     assert "over the" in by_metric["budget.capped"]["method"]
     assert "emulated" not in by_metric["budget.capped"]["method"]
     assert "budget.emulated" not in by_metric  # fp32 is native
@@ -185,8 +189,8 @@ def test_halving_stops_at_the_floors(monkeypatch):
     _probe(monkeypatch, 100.0, 1.0)  # nothing fits
     wl = _default_like()
     settings, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=1)
-    assert settings["perplexity"].max_tokens == 1024  # one window
-    assert settings["agreement"].max_tokens == 1024
+    assert settings["perplexity"].max_tokens == 2048  # two windows
+    assert settings["agreement"].max_tokens == 2048
     assert settings["accuracy"].limit == 2 and settings["accuracy"].rolling_docs == 1
     assert settings["inference"].new_tokens == 8 and settings["inference"].repeats == 2
     assert settings["inference"].prompt_len == wl.inference.prompt_len
@@ -222,7 +226,7 @@ def test_an_emulated_and_slow_cell_names_both_reasons(monkeypatch):
     loaded = SimpleNamespace(storage="dense", compute_dtype="bfloat16", model=None)
     _, rows = budget.adapt(wl, wl.enabled(), "cpu", loaded, target_s=1)
     capped = next(r for r in rows if r["metric"] == "budget.capped")["method"]
-    assert "avx512_bf16" in capped and "over the 1 s cell target" in capped
+    assert "avx512_bf16" in capped and "over the 1 s left of the target" in capped
 
 
 def test_run_cell_with_a_target_caps_and_records_workload_times(tiny_source, monkeypatch):
@@ -239,7 +243,7 @@ def test_run_cell_with_a_target_caps_and_records_workload_times(tiny_source, mon
     assert by_metric["budget.capped"]["value"] == 1.0
     assert by_metric["budget.projected_full_s"]["value"] > by_metric["budget.projected_s"]["value"]
     ppl = by_metric["perplexity"]
-    assert ppl["n"] == 31  # one 32-token window, the floor
+    assert ppl["n"] == 2 * 31  # two 32-token windows, the floor
     walls = {r["workload"]: r["value"] for r in rows if r["metric"] == "wall_time_s"}
     assert set(walls) == {"footprint", "inference", "perplexity"}
     assert all(v > 0 for v in walls.values())
@@ -265,3 +269,36 @@ def test_a_failing_probe_is_a_row_and_the_workloads_still_run(tiny_source, monke
     failed = [r for r in rows if r["workload"] == "budget"]
     assert failed and "probe forward failed" in failed[0]["error"]
     assert next(r for r in rows if r["metric"] == "perplexity")["n"] == 2 * 31
+
+
+def test_nothing_reduced_is_not_capped_and_loading_counts_against_the_target(monkeypatch):
+    monkeypatch.delenv(budget.FULL_BUDGET_ENV, raising=False)
+    probe = _probe(monkeypatch, 0.001, 1e-5)
+    small = Workloads(perplexity={"max_tokens": 2048, "window": 1024})  # already at the caps
+    loaded = SimpleNamespace(storage="dense", compute_dtype="bfloat16", model=None)
+    monkeypatch.setattr(budget, "cpu_flags", lambda: AVX2)
+    settings, rows = budget.adapt(small, ["perplexity"], "cpu", loaded)
+    assert settings["perplexity"] == small.perplexity
+    assert [r["metric"] for r in rows] == ["budget.emulated"]
+    # a cell projected well within its target runs the full budget, unless loading used it up
+    wl = _default_like()
+    full = budget.projected(probe, {n: getattr(wl, n) for n in wl.enabled()})
+    _, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=2 * full)
+    assert "budget.capped" not in {r["metric"] for r in rows}
+    _, rows = budget.adapt(wl, wl.enabled(), "cpu", FP32, target_s=2 * full, elapsed_s=1.9 * full)
+    capped = next(r for r in rows if r["metric"] == "budget.capped")["method"]
+    assert f"over the {0.1 * full:.0f} s left of the target" in capped
+
+
+def test_the_run_summary_line_says_a_cell_was_capped():
+    from harness.summary import cell_line
+
+    record = {
+        "status": "ok",
+        "duration_s": 1.0,
+        "rows": [
+            {"metric": "budget.capped", "method": "projected 300 s; ran accuracy: limit 10->5"}
+        ],
+    }
+    line = cell_line(SimpleNamespace(record=record, reused=False, cell=SimpleNamespace(id="c")))
+    assert "capped budget: projected 300 s; ran accuracy: limit 10->5" in line

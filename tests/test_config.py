@@ -148,3 +148,14 @@ def test_readme_example_experiment_validates(tmp_path: Path) -> None:
     assert block, "README lost its example experiment"
     exp = load_experiment(write_experiment(tmp_path / "readme.yaml", block.group(1)))
     assert "accuracy" in exp.workloads.enabled() and exp.precisions[-1].options
+
+
+def test_a_cell_target_changes_cpu_ids_only_where_set() -> None:
+    from tests.conftest import tiny_cell
+
+    plain = tiny_cell("fp32")
+    assert "cell_target_s" not in plain.content()
+    targeted = plain.model_copy(update={"cell_target_s": 90.0})
+    assert targeted.id != plain.id and targeted.content()["cell_target_s"] == 90.0
+    on_gpu = plain.model_copy(update={"device": "cuda"})
+    assert on_gpu.model_copy(update={"cell_target_s": 90.0}).id == on_gpu.id  # CPU only

@@ -24,6 +24,7 @@ class Operand:
     samples: list[float] | None = None  # per-item samples, when exactly one cell was used
     ci: tuple[float, float] | None = None  # the cell's own interval, when exactly one
     why: str = ""
+    protocols: frozenset[str] = frozenset()  # how the rows were measured (budget included)
 
 
 def as_list(value: Any) -> list[str] | None:
@@ -60,6 +61,8 @@ def select(frame: Any, spec: dict[str, Any], samples: dict, run: str, memory: bo
                 continue
             out = Operand(float(sel["value"].mean()), f"{precision}/{adapter}",
                           list(dict.fromkeys(sel["cell_id"])))
+            if "protocol" in sel:
+                out.protocols = frozenset(str(p) for p in sel["protocol"].dropna() if p)
             if len(sel) == 1:
                 row = sel.iloc[0]
                 out.samples = samples.get((run, row["cell_id"]), {}).get(spec["metric"])

@@ -192,6 +192,19 @@ def _judged(claim: Claim, measured: float, a: Any, b: Any) -> tuple[str, Any, st
         "" if side else claim.likely_reason)
 
 
+def _unlike(claim: Claim, a: Any, b: Any) -> str:
+    """Why two operands of one metric are not like for like ("" where they are): measured
+    under different protocols, e.g. a cell on a capped budget against one on the full one."""
+    m = claim.measure
+    if b is None or _merged(m, m.a)["metric"] != _merged(m, m.b or Operand())["metric"]:
+        return ""
+    if not a.protocols or not b.protocols or a.protocols == b.protocols:
+        return ""
+    return (f"operands measured differently ({a.label}: {'; '.join(sorted(a.protocols))} / "
+            f"{b.label}: {'; '.join(sorted(b.protocols))}); a capped budget is not compared "
+            "with a full one")
+
+
 def evaluate_one(claim: Claim, frame: Any, run: str = "", model: str = "",
                  samples: Samples | None = None) -> Verdict:
     """Verdict of one claim on the rows of one run and model."""
@@ -202,6 +215,9 @@ def evaluate_one(claim: Claim, frame: Any, run: str = "", model: str = "",
     if a.value is None or (b is not None and b.value is None):
         missing = [o.why for o in (a, b) if o is not None and o.why]
         return Verdict(claim, run, model, NOT_MEASURED, detail="missing " + "; ".join(missing))
+    unlike = _unlike(claim, a, b)
+    if unlike:
+        return Verdict(claim, run, model, NOT_MEASURED, detail=unlike, cells=a.cells + b.cells)
     measured = _reduce(claim.measure.reducer, a.value, None if b is None else b.value)
     verdict, interval, method, detail = _judged(claim, measured, a, b)
     cells = a.cells + ([] if b is None else b.cells)

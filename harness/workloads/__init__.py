@@ -43,8 +43,9 @@ class WorkloadEntry:
     memory with the memory settings and opens a timing window only around its timed calls."""
     runs_model: bool = True
     """Whether it calls the model. The cell's budget probe (:mod:`harness.projection`) runs
-    forwards, and bitsandbytes changes its 4-bit CPU layout at the first one, so a workload
-    that only counts the weights as loaded runs before the probe."""
+    forwards, and bitsandbytes changes its 4-bit CPU layout at the first one: the probe runs
+    just before the first workload (in run order) that calls the model, so footprint, first in
+    the run order, counts the weights as loaded."""
 
 
 _ENTRIES: list[WorkloadEntry] = [

@@ -65,8 +65,9 @@ def reference_key(cell: Any, settings: Any, source_path: str) -> str:
         "model": cell.model,
         "config": config.read_text() if config.is_file() else source_path,
         "corpus": corpus_info(settings.corpus).sha256,
-        "settings": settings.model_dump(mode="json"),
-        "format": 1,
+        # max_tokens only sets how many windows: one stored reference serves every prefix
+        "settings": settings.model_dump(mode="json", exclude={"max_tokens"}),
+        "format": 2,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -79,7 +80,10 @@ def build_reference(model: Any, windows: Any, k: int) -> dict[str, Any]:
 
 
 def load_or_build_reference(cell: Any, settings: Any, windows: Any) -> dict[str, Any]:
-    """The stored baseline summary, built on first use by loading the baseline precision."""
+    """The stored baseline summary of ``windows``, built on first use by loading the baseline
+    precision. Windows are consecutive slices of one token stream, so a stored reference of
+    more windows serves fewer (a cell on a capped budget) by its first ones; one of fewer is
+    rebuilt for all of them."""
     from safetensors.torch import load_file, save_file
 
     from harness.models import resolve
@@ -88,7 +92,9 @@ def load_or_build_reference(cell: Any, settings: Any, windows: Any) -> dict[str,
     source = resolve(cell.model)
     path = cache_dir() / "references" / f"{reference_key(cell, settings, source.path)}.safetensors"
     if path.is_file():
-        return load_file(path)
+        stored = load_file(path)
+        if min(len(v) for v in stored.values()) >= len(windows):
+            return {k: v[: len(windows)] for k, v in stored.items()}
     handler = get_handler(settings.baseline)
     with _preserved_matmul_flags():
         baseline = handler.load(source, handler.options(), cell.device).model

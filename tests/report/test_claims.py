@@ -65,6 +65,18 @@ def test_perplexity_claims_follow_the_numbers(make_table) -> None:
     assert _by_id(flipped)["nf4-better-than-fp4"].verdict == NOT_REPRODUCED
 
 
+def test_a_capped_operand_is_not_compared_with_a_full_one(make_table) -> None:
+    frame = make_table()
+    ppl = frame["metric"] == "perplexity"
+    frame.loc[ppl, "protocol"] = "token-windows;window=1024;tokens=4096"
+    assert _by_id(frame)["int8-no-degradation"].verdict == REPRODUCED
+    frame.loc[ppl & (frame["precision"] == "int8"), "protocol"] = (
+        "token-windows;window=1024;tokens=2048")
+    verdict = _by_id(frame)["int8-no-degradation"]
+    assert verdict.verdict == NOT_MEASURED and "measured differently" in verdict.detail
+    assert "tokens=2048" in verdict.detail and "tokens=4096" in verdict.detail
+
+
 def test_lora_ratio_compares_like_precisions(make_table) -> None:
     verdict = _by_id(with_accounted(make_table()))["lora-memory-reduction"]
     assert verdict.cells == ["smollm2-135m__fp32__full__cpu", "smollm2-135m__fp32__lora-r8__cpu"]

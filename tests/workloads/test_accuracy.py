@@ -115,6 +115,34 @@ def test_agreement_workload_against_stored_fp32_reference(tiny_source, precision
         assert kl["value"] == pytest.approx(0.0, abs=1e-9) and top1["value"] == 1.0
 
 
+def test_one_stored_reference_serves_fewer_windows_and_more_rebuild(
+    tiny_source, monkeypatch
+) -> None:
+    from harness.workloads import agreement
+    from harness.workloads.settings import AgreementSettings
+
+    builds = []
+    real_build = agreement.build_reference
+
+    def counted(model, windows, k):
+        builds.append(len(windows))
+        return real_build(model, windows, k)
+
+    monkeypatch.setattr(agreement, "build_reference", counted)
+    cell = SimpleNamespace(model="synthetic:tiny-llama", device="cpu")
+    ids = torch.arange(512) % 97
+    many = AgreementSettings(enabled=True, max_tokens=256, window=64, top_k=8)
+    few = many.model_copy(update={"max_tokens": 128})
+    assert agreement.reference_key(cell, many, "x") == agreement.reference_key(cell, few, "x")
+    first = agreement.load_or_build_reference(cell, many, windows_of(ids, 64, 256))
+    fewer = agreement.load_or_build_reference(cell, few, windows_of(ids, 64, 128))
+    assert builds == [4]  # the capped cell sliced the stored reference
+    assert all(torch.equal(fewer[k], first[k][:2]) for k in first)
+    more = many.model_copy(update={"max_tokens": 384})
+    agreement.load_or_build_reference(cell, more, windows_of(ids, 64, 384))
+    assert builds == [4, 6]
+
+
 def test_task_rows_keep_skipped_tasks_and_add_intervals() -> None:
     raw = [
         {
