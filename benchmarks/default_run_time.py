@@ -122,7 +122,9 @@ def throttle(root: int, slowdown: float, stop: threading.Event) -> None:
                 return
             _signal(tree, signal.SIGSTOP)
             if period % REFRESH == 0:
-                tree = _tree(parent, tree)
+                fresh = _tree(parent, tree)
+                _signal([p for p in tree if p not in fresh], signal.SIGCONT)  # left the tree
+                tree = fresh
                 _signal(tree, signal.SIGSTOP)
             time.sleep(PERIOD_S - run_s)
             _signal(tree, signal.SIGCONT)
@@ -141,9 +143,11 @@ def _tree(parent, previous: list) -> list:
 
 
 def _signal(processes, sig) -> None:
+    import psutil
+
     for p in processes:
-        with contextlib.suppress(OSError):  # gone, or not ours to signal
-            os.kill(p.pid, sig)
+        with contextlib.suppress(psutil.Error, OSError):  # gone (psutil checks PID reuse)
+            p.send_signal(sig)
 
 
 def capability(env: dict[str, str]) -> str:

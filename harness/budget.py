@@ -207,11 +207,13 @@ def adapt(
         settings = fit(asked, probe if slow else None, left_s, 0)[0]
     changes = _changes(asked, settings)
     if why:
-        method = f"{loaded.compute_dtype} emulated ({why}); budget: {changes or 'as asked'}"
+        ran = "capped (budget.capped)" if changes else "as asked"
+        method = f"{loaded.compute_dtype} emulated ({why}); budget {ran}"
         rows.append(_row("budget.emulated", 1.0, "bool", method))
     if probe:
         run_s = projected(probe, settings)
-        rows.append(_row("budget.projected_s", run_s, "s", _left(target_s, left_s, run_s)))
+        method = _left(target_s, left_s, run_s, bool(changes))
+        rows.append(_row("budget.projected_s", run_s, "s", method))
     if changes:
         reasons = [why] if why else []
         if slow:
@@ -235,9 +237,12 @@ def _changes(asked: dict[str, Any], run: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _left(target_s: float, left_s: float, run_s: float) -> str:
-    over = "; still over it at the floors" if run_s > left_s else ""
-    return f"{left_s:.0f} s left of the {target_s:g} s cell target after loading{over}"
+def _left(target_s: float, left_s: float, run_s: float, capped: bool) -> str:
+    budget = "capped budget" if capped else "budget as asked"
+    over = ""
+    if run_s > left_s:
+        over = "; still over it at the floors" if capped else "; over it (caps turned off)"
+    return f"{budget}; {left_s:.0f} s left of the {target_s:g} s cell target after loading{over}"
 
 
 def _probe_failure(exc: Exception) -> dict[str, Any]:

@@ -50,10 +50,44 @@ def _rows(frame: Any, spec: dict[str, Any], memory: bool) -> Any:
     return rows.dropna(subset=["value"])
 
 
-def select(frame: Any, spec: dict[str, Any], samples: dict, run: str, memory: bool) -> Operand:
-    """The first listed precision (and adapter) alternative that was measured."""
+def protocol_settings(protocol: str) -> dict[str, str]:
+    """The ``key=value`` parts of a protocol string (``token-windows;window=1024;tokens=4096``)."""
+    return dict(p.split("=", 1) for p in protocol.split(";") if "=" in p)
+
+
+def conflicts(a: frozenset[str], b: frozenset[str]) -> list[str]:
+    """Settings both sides' protocols name with different values (``tokens 4096/2048``): the
+    two were measured differently, e.g. one cell on a capped budget. Settings only one side
+    names (a LoRA cell's adapter options) are no conflict."""
+    out = []
+    for pa in a:
+        for pb in b:
+            sa, sb = protocol_settings(pa), protocol_settings(pb)
+            out += [f"{k} {sa[k]}/{sb[k]}" for k in sorted(sa.keys() & sb.keys()) if sa[k] != sb[k]]
+    return sorted(set(out))
+
+
+def select(
+    frame: Any, spec: dict[str, Any], samples: dict, run: str, memory: bool, like: Any = None
+) -> Operand:
+    """The first listed precision (and adapter) alternative that was measured; given ``like``
+    (the other operand), the first whose protocol does not conflict with it, else the first."""
+    first = None
+    for out in _alternatives(frame, spec, samples, run, memory):
+        if like is None or not conflicts(out.protocols, like.protocols):
+            return out
+        first = first or out
+    return first or Operand(why=missing(frame, spec, _wanted(frame, spec, memory), memory))
+
+
+def _wanted(frame: Any, spec: dict[str, Any], memory: bool) -> list[str]:
     rows = _rows(frame, spec, memory)
-    wanted = as_list(spec.get("precision")) or list(dict.fromkeys(rows["precision"]))
+    return as_list(spec.get("precision")) or list(dict.fromkeys(rows["precision"]))
+
+
+def _alternatives(frame: Any, spec: dict[str, Any], samples: dict, run: str, memory: bool):
+    rows = _rows(frame, spec, memory)
+    wanted = _wanted(frame, spec, memory)
     for precision in wanted:
         for adapter in adapters_of(spec):
             sel = rows[(rows["precision"] == precision) & (rows["adapter"] == adapter)]
@@ -69,8 +103,7 @@ def select(frame: Any, spec: dict[str, Any], samples: dict, run: str, memory: bo
                 low, high = row.get("ci_low"), row.get("ci_high")
                 if low is not None and high is not None and low == low and high == high:
                     out.ci = (float(low), float(high))
-            return out
-    return Operand(why=missing(frame, spec, wanted, memory))
+            yield out
 
 
 def precisions(frame: Any, spec: dict[str, Any], memory: bool) -> set[str]:

@@ -166,7 +166,8 @@ def _operands(claim: Claim, frame: Any, samples: Samples, run: str
     a = claim_cells.select(frame, spec_a, samples, run, memory)
     if m.reducer == "value":
         return a, None
-    return a, claim_cells.select(frame, spec_b, samples, run, memory)
+    like = a if spec_a["metric"] == spec_b["metric"] else None  # same metric: same protocol
+    return a, claim_cells.select(frame, spec_b, samples, run, memory, like=like)
 
 
 def _judged(claim: Claim, measured: float, a: Any, b: Any) -> tuple[str, Any, str, str]:
@@ -198,11 +199,11 @@ def _unlike(claim: Claim, a: Any, b: Any) -> str:
     m = claim.measure
     if b is None or _merged(m, m.a)["metric"] != _merged(m, m.b or Operand())["metric"]:
         return ""
-    if not a.protocols or not b.protocols or a.protocols == b.protocols:
+    differ = claim_cells.conflicts(a.protocols, b.protocols)
+    if not differ:
         return ""
-    return (f"operands measured differently ({a.label}: {'; '.join(sorted(a.protocols))} / "
-            f"{b.label}: {'; '.join(sorted(b.protocols))}); a capped budget is not compared "
-            "with a full one")
+    return (f"operands measured differently ({a.label} / {b.label}: {', '.join(differ)}); "
+            "a capped budget is not compared with a full one")
 
 
 def evaluate_one(claim: Claim, frame: Any, run: str = "", model: str = "",

@@ -142,9 +142,12 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     for name in names:
         if not probed and get_entry(name).runs_model:  # see WorkloadEntry.runs_model
             elapsed = time.perf_counter() - t0  # loading counts against the cell's target
-            budgets, budget_rows = adapt_budget(
-                cell.workloads, names, cell.device, loaded, cell.cell_target_s, elapsed
-            )
+            try:
+                budgets, budget_rows = adapt_budget(
+                    cell.workloads, names, cell.device, loaded, cell.cell_target_s, elapsed
+                )
+            except Exception as exc:  # the workloads still run, on the budget as written
+                budget_rows = [_failure_row("budget", exc)]
             rows.extend(budget_rows)
             probed = True
         settings = budgets[name]

@@ -18,6 +18,7 @@ from typing import Any
 from harness.data.corpus import CorpusUnavailable
 from harness.data.tokens import corpus_info, corpus_tokens
 from harness.paths import cache_dir
+from harness.results import atomic_write
 from harness.stats import bootstrap_mean
 from harness.workloads.perplexity import windows_of
 
@@ -101,11 +102,22 @@ def load_or_build_reference(cell: Any, settings: Any, windows: Any) -> dict[str,
     baseline.eval()
     ref = build_reference(baseline, windows, settings.top_k)
     del baseline
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in ref.items()}, str(tmp))
-    tmp.replace(path)
+    if _stored_windows(path) < len(windows):  # never replace a longer one built meanwhile
+        tensors = {k: v.contiguous().cpu() for k, v in ref.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
     return ref
+
+
+def _stored_windows(path: Path) -> int:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return 0
+    try:
+        with safe_open(str(path), "pt") as stored:
+            return min(stored.get_slice(k).get_shape()[0] for k in stored.keys())  # noqa: SIM118
+    except Exception:  # unreadable: replace it
+        return 0
 
 
 class _preserved_matmul_flags:

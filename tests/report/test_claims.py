@@ -74,7 +74,26 @@ def test_a_capped_operand_is_not_compared_with_a_full_one(make_table) -> None:
         "token-windows;window=1024;tokens=2048")
     verdict = _by_id(frame)["int8-no-degradation"]
     assert verdict.verdict == NOT_MEASURED and "measured differently" in verdict.detail
-    assert "tokens=2048" in verdict.detail and "tokens=4096" in verdict.detail
+    assert "tokens 2048/4096" in verdict.detail
+    # a capped baseline alternative is passed over for one measured like the other operand
+    frame.loc[ppl & (frame["precision"] == "int8"), "protocol"] = (
+        "token-windows;window=1024;tokens=4096")
+    frame.loc[ppl & (frame["precision"] == "fp32"), "protocol"] = (
+        "token-windows;window=1024;tokens=2048")
+    verdict = _by_id(frame)["int8-no-degradation"]
+    assert verdict.verdict != NOT_MEASURED
+    assert not any("fp32" in c for c in verdict.cells)  # fp16 or bf16 instead
+
+
+def test_settings_only_one_side_names_are_no_conflict(make_table) -> None:
+    frame = with_accounted(make_table())
+    rows = frame["metric"] == "mem.accounted"
+    base = "lora-train;steps=6;batch=2;seq=128"
+    frame.loc[rows, "protocol"] = base
+    frame.loc[rows & (frame["adapter"] != "full"), "protocol"] = (
+        base + ";lora_dropout=0.05;lora_targets=all-linear")
+    verdict = _by_id(frame)["lora-memory-reduction"]
+    assert verdict.verdict == NOT_REPRODUCED and 1 < verdict.measured < 3
 
 
 def test_lora_ratio_compares_like_precisions(make_table) -> None:
