@@ -56,30 +56,40 @@ def fit(one_token_s: float, probe_s: float, probe_tokens: int = PROBE_TOKENS) ->
 
 def measure(model: Any, repeats: int = PROBE_REPEATS) -> Probe:
     """Times a 1-token and a :data:`PROBE_TOKENS`-token forward of ``model``, best of
-    ``repeats`` each after one warm call of each size (lazy initialization, weight repacking
-    and a kernel's first use of a shape are not a forward's cost)."""
+    ``repeats`` each, after one warm call of each size (lazy initialization, weight repacking
+    and a kernel's first use of a shape are not a forward's cost).
+
+    The warm calls run with the cell's memory allocator settings, so what they keep (a 4-bit
+    layout bitsandbytes repacks at the first forward) is mapped on its own instead of landing
+    between heap blocks that later tracked phases would reuse; only the timed calls, whose
+    temporaries are all freed again, run in a timing window, as a workload's timed calls do."""
     import torch
 
     from harness.measure import allocator
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 100, (1, PROBE_TOKENS), device=device)
+    sizes = (1, PROBE_TOKENS)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), allocator.timing_window():
-            best = []
-            for n in (1, PROBE_TOKENS):
+        with torch.inference_mode():
+            for n in sizes:
                 model(input_ids=ids[:, :n], use_cache=False)
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model(input_ids=ids[:, :n], use_cache=False)
-                    times.append(time.perf_counter() - start)
-                best.append(min(times))
+            with allocator.timing_window():
+                best = [_best(model, ids[:, :n], repeats) for n in sizes]
     finally:
         model.train(was_training)
     return fit(*best)
+
+
+def _best(model: Any, ids: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def forwards(name: str, settings: Any) -> list[tuple[int, int]]:

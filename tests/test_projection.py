@@ -67,10 +67,24 @@ def test_perplexity_plan_counts_the_workloads_real_forwards(counted):
 
 
 def test_measure_times_warm_calls_then_the_best_of_each_size(counted):
+    from harness.measure import allocator
+
     loaded, seen = counted
+    modes: list[tuple[int, str]] = []
+    loaded.model.register_forward_pre_hook(
+        lambda m, args, kwargs: modes.append((kwargs["input_ids"].numel(), allocator.current())),
+        with_kwargs=True,
+    )
+    allocator.use("memory")  # as in a cell
     probe = projection.measure(loaded.model)
     n = projection.PROBE_REPEATS + 1  # a warm call and the timed ones, per size
     assert seen == Counter({1: n, projection.PROBE_TOKENS: n})
+    # warm calls keep the cell's memory settings (what they leave is mapped, not mixed into
+    # the heap that tracked phases reuse); only the timed calls run in a timing window
+    big, repeats = projection.PROBE_TOKENS, projection.PROBE_REPEATS
+    assert modes == [(1, "memory"), (big, "memory"), *[(1, "timing")] * repeats,
+                     *[(big, "timing")] * repeats]
+    assert allocator.current() == "memory"
     assert probe.per_forward_s >= 0 and probe.per_token_s >= 0
     assert probe.forward_s(1) > 0
 
