@@ -59,13 +59,13 @@ def measure(model: Any, repeats: int = PROBE_REPEATS) -> Probe:
     ``repeats`` each, after one warm call of each size (lazy initialization, weight repacking
     and a kernel's first use of a shape are not a forward's cost).
 
-    The warm calls run with the cell's memory allocator settings, so what they keep (a 4-bit
-    layout bitsandbytes repacks at the first forward) is mapped on its own instead of landing
-    between heap blocks that later tracked phases would reuse; only the timed calls, whose
-    temporaries are all freed again, run in a timing window, as a workload's timed calls do."""
+    Every call runs with the cell's memory allocator settings, not in a timing window: in one,
+    what a forward keeps (a 4-bit layout bitsandbytes repacks, Python's object arenas) lands
+    on the heap between freed blocks that the later tracked phases would reuse (int8 and nf4-dq
+    left 37-40 MB of free heap, and a 16 MB higher prefill peak). The price: bitsandbytes'
+    forwards time up to 1.5x slower with these settings (fp32 1.1x), so the projection errs
+    high for them."""
     import torch
-
-    from harness.measure import allocator
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 100, (1, PROBE_TOKENS), device=device)
@@ -76,8 +76,7 @@ def measure(model: Any, repeats: int = PROBE_REPEATS) -> Probe:
         with torch.inference_mode():
             for n in sizes:
                 model(input_ids=ids[:, :n], use_cache=False)
-            with allocator.timing_window():
-                best = [_best(model, ids[:, :n], repeats) for n in sizes]
+            best = [_best(model, ids[:, :n], repeats) for n in sizes]
     finally:
         model.train(was_training)
     return fit(*best)

@@ -79,11 +79,9 @@ def test_measure_times_warm_calls_then_the_best_of_each_size(counted):
     probe = projection.measure(loaded.model)
     n = projection.PROBE_REPEATS + 1  # a warm call and the timed ones, per size
     assert seen == Counter({1: n, projection.PROBE_TOKENS: n})
-    # warm calls keep the cell's memory settings (what they leave is mapped, not mixed into
-    # the heap that tracked phases reuse); only the timed calls run in a timing window
-    big, repeats = projection.PROBE_TOKENS, projection.PROBE_REPEATS
-    assert modes == [(1, "memory"), (big, "memory"), *[(1, "timing")] * repeats,
-                     *[(big, "timing")] * repeats]
+    # every call keeps the cell's memory settings: what a forward keeps is mapped, not mixed
+    # into the heap that the tracked phases reuse
+    assert {mode for _, mode in modes} == {"memory"} and len(modes) == 2 * n
     assert allocator.current() == "memory"
     assert probe.per_forward_s >= 0 and probe.per_token_s >= 0
     assert probe.forward_s(1) > 0
