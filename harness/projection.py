@@ -1,16 +1,17 @@
 """How long a CPU cell's workloads will take, projected before they run.
 
-Two forwards of the loaded model are timed (1 token and :data:`PROBE_TOKENS` tokens, after a
-warm call), giving a per-forward cost ``a`` and a per-token cost ``b``; a forward of ``n`` tokens
-is projected at ``a + b * n``. Each workload's settings say how many forwards of how many tokens
-it makes (:func:`forwards`), so the projection is the sum over those. It is a planning figure:
+Forwards of two sizes are timed on the loaded model (1 token and :data:`PROBE_TOKENS` tokens,
+best of :data:`PROBE_REPEATS` after a warm call), giving a per-forward cost ``a`` and a
+per-token cost ``b``; a forward of ``n`` tokens is projected at ``a + b * n``. Each workload's
+settings say how many forwards of how many tokens it makes (:func:`forwards`), so the
+projection is the sum over those. It is a planning figure:
 attention's cost growing with the square of a window's length, lm-eval's padding and the
 accuracy items' exact lengths (:data:`ITEM_TOKENS`, the builtin tasks' prompts and answers) are
 left out, and so are one-off costs outside the cell's model (lm-eval's setup, loading the
 agreement baseline where its reference is not stored yet). The projection and the measured wall
 time of each workload are both recorded so the error shows: on the builtin model the workloads
-took 1.0-1.25x their projection. :mod:`harness.budget` uses it to keep a cell within its time
-target.
+took 0.7-1.6x their projection (``benchmarks/default_run_time.py`` prints both per cell).
+:mod:`harness.budget` uses it to keep a cell within its time target.
 """
 
 from __future__ import annotations
