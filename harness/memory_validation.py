@@ -19,14 +19,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from harness.workloads.settings import protocol_settings
+
 TOTALS = ("live total", "peak")
 TARGETS = {"live total": 0.10, "peak": 0.15}
-
-
-def _protocol(text: Any) -> dict[str, str]:
-    if not isinstance(text, str):
-        return {}
-    return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
 
 def _values(cell: Any) -> dict[str, float]:
@@ -40,8 +36,8 @@ def _workload(cell: Any) -> tuple[Any, bool, bool]:
     from harness.memory_model import Workload
 
     work = Workload()
-    train = _protocol(_first(cell, "training"))
-    infer = _protocol(_first(cell, "inference"))
+    train = protocol_settings(_first(cell, "training"))
+    infer = protocol_settings(_first(cell, "inference"))
     if infer:
         work.batch = int(infer["batch"])
         work.prompt = int(infer["prompt"])

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.workloads.settings import protocol_settings
+
 BASE_ADAPTER = "none"
 
 
@@ -48,11 +50,6 @@ def _rows(frame: Any, spec: dict[str, Any], memory: bool) -> Any:
     if memory and "storage" in rows:
         rows = rows[rows["storage"] != "simulated"]
     return rows.dropna(subset=["value"])
-
-
-def protocol_settings(protocol: str) -> dict[str, str]:
-    """The ``key=value`` parts of a protocol string (``token-windows;window=1024;tokens=4096``)."""
-    return dict(p.split("=", 1) for p in protocol.split(";") if "=" in p)
 
 
 def conflicts(a: frozenset[str], b: frozenset[str]) -> list[str]:

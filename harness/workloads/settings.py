@@ -175,3 +175,11 @@ class Workloads(BaseModel):
 
     def enabled(self) -> list[str]:
         return [name for name in type(self).model_fields if getattr(self, name).enabled]
+
+
+def protocol_settings(protocol: object) -> dict[str, str]:
+    """The ``key=value`` parts of a row's protocol string (``token-windows;window=1024;
+    tokens=4096``): the settings a workload ran with. Anything but a string has none."""
+    if not isinstance(protocol, str):
+        return {}
+    return dict(part.split("=", 1) for part in protocol.split(";") if "=" in part)
