@@ -1,4 +1,5 @@
-"""The adapter axis: attach LoRA (any rank) or unfreeze everything (``full``) after loading.
+"""The adapter axis: attach a LoRA-family adapter (LoRA, rsLoRA, DoRA; any rank) or unfreeze
+everything (``full``) after loading.
 
 LoRA goes through peft for ``nn.Linear``, GPT-2's ``Conv1D`` and bitsandbytes layers.
 bitsandbytes models first go through peft's ``prepare_model_for_kbit_training``; whether that
@@ -28,7 +29,9 @@ ADAPTER_PREFIX = "lora_"
 class LoraQuantLinear(nn.Module):
     """LoRA around a harness ``QuantLinear``: the quantized base stays frozen buffers."""
 
-    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float) -> None:
+    def __init__(
+        self, base: nn.Module, r: int, alpha: float, dropout: float, rslora: bool = False
+    ) -> None:
         super().__init__()
         self.base_layer = base
         device = base.codes.device
@@ -37,7 +40,7 @@ class LoraQuantLinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as peft initialises A
         nn.init.zeros_(self.lora_B.weight)  # the adapted model starts equal to the base
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.scaling = alpha / r
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r  # as peft scales
         self.in_features, self.out_features = base.in_features, base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,14 @@ def is_kbit(model: Any) -> bool:
         return False
     kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
     return any(isinstance(m, kinds) for m in model.modules())
+
+
+def _has_int8(model: Any) -> bool:
+    try:
+        import bitsandbytes as bnb
+    except Exception:
+        return False
+    return any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
 
 
 def target_names(model: Any, targets: str | list[str]) -> list[str]:
@@ -139,8 +150,29 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
         )
     quant = _quant_linear_type()
     own = [n for n in names if quant is not None and isinstance(model.get_submodule(n), quant)]
+    if own and options.get("use_dora"):
+        raise SkipCell(
+            "DoRA needs the base weight's row norms, and the harness's packed QuantLinear "
+            f"({len(own)} layers here) has no weight peft can read; use lora-r<N> or "
+            "rslora-r<N> on this precision, or DoRA on a dense or bitsandbytes base"
+        )
+    if options.get("use_dora") and _has_int8(model):
+        # peft's DoRA reads an 8-bit layer's row scales from its state, which bitsandbytes
+        # moves off the weight at the first forward: the next forward in the other mode
+        # (train after eval, or eval after train) finds none ('NoneType' has no 'dtype')
+        raise SkipCell(
+            "peft's DoRA on bitsandbytes int8 layers fails once the layer has run a forward "
+            "(bitsandbytes 0.50 moves the row scales peft reads); use dora-r<N> on a dense or "
+            "4-bit base, or lora-r<N> / rslora-r<N> on int8"
+        )
+    if options.get("use_dora"):  # DoRA dequantizes 4-bit weights in every forward
+        from harness.schemes.bnb import keep_trainable_layout
+
+        keep_trainable_layout(model)
+    rslora = bool(options.get("use_rslora"))
     for name in own:
-        set_module(model, name, LoraQuantLinear(model.get_submodule(name), r, alpha, dropout))
+        layer = LoraQuantLinear(model.get_submodule(name), r, alpha, dropout, rslora)
+        set_module(model, name, layer)
     rest = [n for n in names if n not in own]
     if rest:
         from peft import LoraConfig, get_peft_model
@@ -151,16 +183,24 @@ def attach_lora(model: Any, options: dict[str, Any]) -> tuple[Any, list[dict[str
             lora_dropout=dropout,
             target_modules=rest,
             bias=options["bias"],
+            use_rslora=bool(options.get("use_rslora")),
+            use_dora=bool(options.get("use_dora")),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        try:
+            model = get_peft_model(model, config)
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            if not options.get("use_dora"):
+                raise
+            raise SkipCell(f"peft cannot apply DoRA to this model's layers: {exc}") from None
     backend = "+".join(b for b, used in (("peft", rest), ("harness-quantlinear", own)) if used)
+    method = "dora" if options.get("use_dora") else "rslora" if rslora else "lora"
     rows.append(
         {
             "metric": "adapter_modules",
             "value": float(len(names)),
             "unit": "modules",
-            "method": f"lora:{backend}",
+            "method": f"{method}:{backend}",
         }
     )
     return model, rows

@@ -196,7 +196,10 @@ def predict(
     ] = None,
     precision: Annotated[list[str] | None, typer.Option(help="With --model; repeatable.")] = None,
     adapter: Annotated[
-        list[str] | None, typer.Option(help="With --model: none, full or lora-rN; repeatable.")
+        list[str] | None,
+        typer.Option(help="With --model: none, full, lora-rN, rslora-rN (rank-stabilised "
+                     "scale, same memory as lora-rN) or dora-rN (DoRA: adds a magnitude per "
+                     "output row and a larger forward); repeatable."),
     ] = None,
     batch: Annotated[int, typer.Option(help="Inference batch.")] = 1,
     seq: Annotated[int, typer.Option(help="Inference tokens (prompt + new).")] = 160,
@@ -206,12 +209,16 @@ def predict(
     optimizer: Annotated[
         str, typer.Option(help="adamw, paged_adamw_32bit or paged_adamw_8bit.")
     ] = "adamw",
+    lora_dropout: Annotated[
+        float, typer.Option(help="Adapter dropout (as the experiment's lora.dropout); with "
+                            "dropout peft's DoRA saves each adapted weight in fp32 for backward.")
+    ] = 0.05,
 ) -> None:
     """Predicted memory from the model config alone: no weights loaded, no network.
 
     Either every cell of an experiment, or one --model under each --precision and --adapter,
     e.g. `harness predict --model llama-65b --precision nf4-dq --adapter lora-r64
-    --train-batch 4 --train-seq 528 --checkpointing`.
+    --adapter dora-r64 --train-batch 4 --train-seq 528 --checkpointing`.
     """
     import os
 
@@ -228,8 +235,11 @@ def predict(
         if optimizer not in ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"):
             raise HarnessError(f"unknown optimizer {optimizer!r}; allowed: adamw, "
                                "paged_adamw_32bit, paged_adamw_8bit")
+        if not 0.0 <= lora_dropout < 1.0:
+            raise HarnessError(f"--lora-dropout must be in [0, 1), not {lora_dropout}")
         work = mm.Workload(batch=batch, seq=seq, train_batch=train_batch, train_seq=train_seq,
-                           checkpointing=checkpointing, optimizer=optimizer)
+                           checkpointing=checkpointing, optimizer=optimizer,
+                           lora_dropout=lora_dropout)
         predict_setting(model, precision or ["fp16"], adapter or ["none"], work,
                         console=console)
     except HarnessError as exc:

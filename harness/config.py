@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.adapter_names import parse_adapter
+from harness.adapter_names import lora_method, parse_adapter
 from harness.errors import ConfigError, HarnessError
 from harness.schemes import get_handler, scheme_names
 from harness.workloads.settings import Workloads
@@ -64,16 +64,22 @@ class LoraSettings(BaseModel):
 
 
 def adapter_options(adapter: str, lora: LoraSettings) -> dict[str, Any]:
-    """What an adapter cell trains with (empty for ``none`` and ``full``): part of its id."""
+    """What an adapter cell trains with (empty for ``none`` and ``full``): part of its id.
+
+    ``use_rslora`` / ``use_dora`` (peft's names) appear only for those methods, so the ids of
+    plain LoRA cells stay what they were."""
     kind, rank = parse_adapter(adapter)
     if kind != "lora":
         return {}
+    method = lora_method(adapter)
+    switch = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True}}.get(method, {})
     return {
         "r": rank,
         "alpha": lora.alpha,
         "dropout": lora.dropout,
         "target_modules": lora.resolved_targets(),
         "bias": lora.bias,
+        **switch,
     }
 
 
@@ -132,7 +138,8 @@ class Experiment(BaseModel):
     precisions: list[PrecisionSpec] = Field(min_length=1)
     """Registry names (``harness list``), optionally with option overrides."""
     adapters: list[str] = Field(default_factory=lambda: ["none"])
-    """Adapter axis: ``none`` (the model as loaded), ``lora-rN`` (rank N) or ``full``."""
+    """Adapter axis: ``none`` (the model as loaded), ``lora-rN`` / ``rslora-rN`` / ``dora-rN``
+    (a LoRA-family adapter of rank N, through peft) or ``full``."""
     lora: LoraSettings = LoraSettings()
     """How ``lora-rN`` adapters are built (alpha, dropout, target modules)."""
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -157,6 +164,17 @@ class Experiment(BaseModel):
         for name in value:
             parse_adapter(name)
         return value
+
+    @model_validator(mode="after")
+    def _one_trainer(self) -> Experiment:
+        """The 6-step training probe and the fine-tuning run would train the same adapter one
+        after the other, so the second would start from the first's weights."""
+        if self.workloads.training.enabled and self.workloads.finetune.enabled:
+            raise ValueError(
+                "workloads.finetune and training both train the cell's adapter; enable one of "
+                "them per experiment (training: the memory/speed probe, finetune: quality)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _agreement_baseline(self) -> Experiment:

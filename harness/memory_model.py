@@ -6,21 +6,38 @@ Shapes come from the model built on the ``meta`` device (nothing allocated). Eac
   of what it leaves dense, so this equals the footprint workload's stored bytes (SpQR leaves
   out outliers, unknown before calibration: each adds ~32 bits);
 * adapters, gradients: LoRA's A and B per targeted linear in fp32 (peft keeps adapters in fp32
-  on 16-bit bases), or every parameter for full fine-tuning, gradients in the trained dtype;
+  on 16-bit bases), or every parameter for full fine-tuning, gradients in the trained dtype.
+  The LoRA family (``lora-r<N>``, ``rslora-r<N>``, ``dora-r<N>``) shares A and B; rsLoRA only
+  changes the scale's value (``alpha / sqrt(r)``) and adds nothing; DoRA adds one trained
+  magnitude vector per targeted linear, ``out`` values in the dtype of ``W + scale * B @ A``
+  (the base weight's dtype promoted with the adapters': fp32 with fp32 adapters on every base,
+  bitsandbytes weights dequantized to fp32), so ``r x (in + out) + out`` values per layer,
+  their gradients in the same dtypes;
 * optimizer state, per implementation and dtype (``optimizer_bytes``): torch AdamW keeps its
   moments in the parameter's dtype (4 B/param for bf16, 8 for fp32); bitsandbytes' paged
-  8-bit and 32-bit AdamW;
+  8-bit and 32-bit AdamW; DoRA's magnitudes are one more tensor per layer (AdamW: ``2 x out x
+  4 + 4`` bytes each);
 * activations: the tensors autograd saves for backward, counted by running the real forward of
-  the architecture on fake tensors with LoRA emulated (``harness.memory_sim``), with or without
-  reentrant gradient checkpointing;
+  the architecture on fake tensors with LoRA (or DoRA: ``memory_sim._dora_forward``) emulated
+  (``harness.memory_sim``), with or without reentrant gradient checkpointing. What DoRA adds
+  per adapted layer of ``T`` tokens (adapters fp32): ``T x out x (c + 4)`` (the base output in
+  the compute dtype's ``c`` bytes, or with dropout its fp32 recomputation, and the LoRA
+  branch's output, both saved by DoRA's products) + ``3 x out x 4`` (norm and scales), and with
+  dropout on a base not already fp32 (bf16, bitsandbytes, torchao) the weight itself cast or
+  dequantized to fp32, ``out x in x 4`` (``dora_weight_copies``: 26 GB on LLaMA-7B). Measured
+  by walking the graph from the loss (the saved tensors backward will read) on tiny-llama and
+  tiny-gpt2 in fp32, bf16 and nf4 with and without dropout: equal to within 112 bytes
+  (0.04%), see ``tests/test_memory_model_dora.py``;
 * training peak: weights + adapters + optimizer state + the larger of activations and gradients
-  (backward frees the one as it writes the other) + what is alive as backward starts (fp32
-  logits, their gradient and log-softmax's: ``3 x tokens x vocab x 4``) + with checkpointing one
-  layer's rebuilt activations;
+  (backward frees the one as it writes the other) + the larger of what is alive as backward
+  starts (fp32 logits, their gradient and log-softmax's: ``3 x tokens x vocab x 4``) and DoRA's
+  forward transient (``dora_forward_transient``) + with checkpointing one layer's rebuilt
+  activations;
 * KV cache: ``2 x layers x kv_dim x positions x batch`` in the compute dtype;
 * inference peak: weights + adapters + the larger of the prefill case (the prompt's KV cache +
   one layer's prefill working set + last-position logits) and the decode case (the whole KV
-  cache + one token's working set).
+  cache + one token's working set), + DoRA's forward transient (it rebuilds ``B @ A`` and the
+  norms on every forward, also in inference).
 
 ``harness.memory_validation`` compares every term with what cells measured.
 """
@@ -30,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.adapter_names import lora_targets
+from harness.adapter_names import lora_method, lora_targets
 from harness.errors import HarnessError
 
 _LLAMA = dict(model_type="llama", max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -113,6 +130,8 @@ class Shape:
     param_tensors: list[int] = field(default_factory=list)
     """Elements of every stored parameter tensor (what full fine-tuning trains)."""
     config: Any = None
+    conv1d: frozenset[str] = frozenset()
+    """Names of the linears that are GPT-2 ``Conv1D`` layers (weight stored ``in x out``)."""
 
     @property
     def params(self) -> int:
@@ -160,7 +179,10 @@ def model_shape(config: Any) -> Shape:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     lm_head = model.get_output_embeddings()
+    from transformers.pytorch_utils import Conv1D
+
     linears: list[tuple[str, int, int]] = []
+    conv1d: set[str] = set()
     experts: list[tuple[str, int, int, int]] = []
     dense: dict[str, int] = {}
     tensors: list[int] = []
@@ -174,6 +196,8 @@ def model_shape(config: Any) -> Shape:
             out_in = _linear_out_in(module, pname)
             if out_in is not None and module is not lm_head:
                 linears.append((mod_name, *out_in))
+                if isinstance(module, Conv1D):
+                    conv1d.add(mod_name)
                 continue
             cat = _category(module, pname, lm_head)
             if cat == "expert_weights":
@@ -195,6 +219,7 @@ def model_shape(config: Any) -> Shape:
         experts,
         tensors,
         config,
+        frozenset(conv1d),
     )
 
 
@@ -264,6 +289,12 @@ class Prediction:
     activations: int = 0
     activations_checkpointed: int = 0
     backward_transient: int = 0
+    forward_transient: int = 0
+    """DoRA: the largest per-layer scratch of its forward (``dora_forward_transient``)."""
+    untracked_gradients: int = 0
+    """Gradients backward writes outside the model's parameters and the graph keeps until the
+    loss is dropped (``dora_untracked_gradients``); the training workload's gradient count,
+    which reads ``.grad`` of the model's parameters, does not see them."""
     kv_cache: int = 0
     prefill_transient: int = 0
     inference_peak: int = 0
@@ -282,7 +313,8 @@ class Prediction:
 
 
 def adapter_kind(adapter: str) -> tuple[str, int]:
-    """``none`` / ``full`` / ``lora-r<N>`` -> (kind, rank); anything else is a HarnessError."""
+    """``none`` / ``full`` / ``lora-r<N>`` / ``rslora-r<N>`` / ``dora-r<N>`` -> (kind, rank),
+    kind ``lora`` for the whole LoRA family; anything else is a HarnessError."""
     from harness.adapter_names import parse_adapter
 
     try:
@@ -290,6 +322,84 @@ def adapter_kind(adapter: str) -> tuple[str, int]:
     except ValueError as exc:
         raise HarnessError(str(exc)) from None
     return kind, rank or 0
+
+
+def _promoted(a: str, b: str) -> str:
+    """torch's type promotion on the dtypes here: equal stays, any other pair is float32."""
+    return a if a == b else "float32"
+
+
+def magnitude_dtype(weight_dtype: str, work: Workload) -> str:
+    """dtype of DoRA's magnitude: peft takes the row norms of ``W + scale * B @ A`` (the base
+    weight as peft reads it, dequantized for bitsandbytes, plus the adapters' product) and keeps
+    that sum's dtype (measured: fp32 on fp32, bf16, int8 and nf4 bases with fp32 adapters)."""
+    return _promoted(weight_dtype, work.adapter_dtype)
+
+
+def _dora_layers(shape: Shape, work: Workload) -> list[tuple[str, int, int]]:
+    return [(n, o, i) for n, o, i in shape.linears if lora_targets(n, work.lora_targets)]
+
+
+def dora_forward_transient(
+    shape: Shape,
+    rank: int,
+    work: Workload,
+    weight_dtype: str,
+    dequantized: bool,
+    training: bool = True,
+) -> int:
+    """Scratch bytes of the largest DoRA layer's forward, freed when it returns (in training,
+    or in inference where dropout is off and peft recomputes the norms on every forward: its
+    DoRA cache is off by default).
+
+    peft builds ``B @ A`` as ``lora_B(lora_A(eye(in)))`` (the ``in x in`` identity and its
+    ``in x r`` product stay alive with that graph until the layer returns), casts the base
+    weight to the input's dtype (the adapters' dtype; a new ``out x in`` tensor when the
+    dtypes differ or the weight is dequantized; with dropout it is saved for backward, so it is
+    already among the activations) and holds ``scale * B @ A`` and ``W + scale * B @ A`` at
+    once while taking the row norms. Measured on one ``nn.Linear`` (peak RSS growth of one
+    forward, batch 1 x 4 tokens, glibc mmap threshold fixed): 4096 x 4096 fp32 256.0 MiB, bf16
+    base 320.1 MiB, 4096 -> 1024 fp32 with dropout 112.0 MiB, 1024 -> 4096 51.9 MiB; this formula
+    gives 256, 320, 112 and 52 MiB.
+    """
+    s = _DTYPE_BYTES[work.adapter_dtype]
+    saved = training and work.lora_dropout > 0  # the cast weight is then an activation
+    copy = (dequantized or weight_dtype != work.adapter_dtype) and not saved
+    return max(
+        (
+            (i * i + i * rank + o * i) * s + 2 * o * i * s + (o * i * s if copy else 0)
+            for _, o, i in _dora_layers(shape, work)
+        ),
+        default=0,
+    )
+
+
+def dora_weight_copies(shape: Shape, work: Workload, weight_dtype: str, dequantized: bool) -> int:
+    """Bytes of the base weights DoRA saves for backward (already in the activations): with
+    dropout, peft recomputes the base output from the weight cast (or dequantized) to the
+    adapters' dtype, and ``F.linear`` saves that new tensor; a dense weight already in that
+    dtype is the parameter itself (nothing new). The first layer's projections of an input
+    that needs no gradient save nothing, which this upper bound ignores."""
+    if work.lora_dropout == 0 or not (dequantized or weight_dtype != work.adapter_dtype):
+        return 0
+    size = _DTYPE_BYTES[work.adapter_dtype]
+    return sum(o * i * size for _, o, i in _dora_layers(shape, work))
+
+
+def dora_untracked_gradients(shape: Shape, work: Workload, weight_dtype: str, dense: bool) -> int:
+    """Gradients peft's DoRA computes for frozen GPT-2 ``Conv1D`` weights.
+
+    With dropout, peft recomputes the base output as ``F.linear(x, transpose(W))``, and its
+    ``transpose`` wraps a transposed *Parameter* in a new ``nn.Parameter`` (requires grad) when
+    the weight already has the input's dtype (a dense base in the adapters' dtype). Backward
+    then writes a full ``out x in`` gradient into that temporary leaf, which the graph keeps
+    until the loss is released (measured on tiny-gpt2 fp32: 393216 bytes after backward, the
+    size of its adapted Conv1D weights in fp32; none without dropout or on a bf16 base).
+    """
+    if not dense or work.lora_dropout == 0 or weight_dtype != work.adapter_dtype:
+        return 0
+    size = _DTYPE_BYTES[weight_dtype]
+    return sum(o * i * size for n, o, i in _dora_layers(shape, work) if n in shape.conv1d)
 
 
 def weight_terms(shape: Shape, handler: Any, opts: Any) -> dict[str, int]:
@@ -319,17 +429,25 @@ def weight_terms(shape: Shape, handler: Any, opts: Any) -> dict[str, int]:
 
 
 def trainable_tensors(
-    shape: Shape, kind: str, rank: int, work: Workload, a: int
+    shape: Shape,
+    kind: str,
+    rank: int,
+    work: Workload,
+    a: int,
+    method: str = "lora",
+    magnitude_bytes: int = 4,
 ) -> list[tuple[int, int]]:
-    """(elements, bytes per element) of every trained tensor: LoRA's A and B per targeted
-    linear (in ``work.adapter_dtype``), or every parameter tensor for full fine-tuning."""
+    """(elements, bytes per element) of every trained tensor: LoRA's A (``r x in``) and B
+    (``out x r``) per targeted linear (in ``work.adapter_dtype``), for DoRA also its magnitude
+    (``out`` values of ``magnitude_bytes``), or every parameter tensor for full fine-tuning."""
     if kind == "lora":
         size = _DTYPE_BYTES[work.adapter_dtype]
+        dora = method == "dora"
         return [
             t
             for name, o, i in shape.linears
             if lora_targets(name, work.lora_targets)
-            for t in ((rank * i, size), (o * rank, size))
+            for t in ((rank * i, size), (o * rank, size), *([(o, magnitude_bytes)] if dora else []))
         ]
     if kind == "full":
         return [(n, a) for n in shape.param_tensors]
@@ -373,10 +491,23 @@ def predict(
     a = _DTYPE_BYTES[dtype]
     pred = Prediction(weight_terms(shape, handler, opts))
     kind, rank = adapter_kind(adapter)
+    method = lora_method(adapter) or "lora"
     if kind == "full" and handler.quantizes_linears:
         pred.notes.append("full fine-tuning of quantized weights is not possible")
-    stored = _DTYPE_BYTES[handler.dense_dtype(opts)]
-    tensors = trainable_tensors(shape, kind, rank, work, stored)
+    # the base weight as peft reads it: the dense dtype, or what bitsandbytes and torchao
+    # dequantize to (the dtype the harness loads them in, which is their dense dtype)
+    weight_dtype = handler.dense_dtype(opts)
+    dequantized = handler.quantizes_linears
+    if method == "dora" and _quant_linear_scheme(handler):
+        pred.notes.append("DoRA on the harness's QuantLinear is skipped (no weight peft can read)")
+    if method == "dora" and _int8_scheme(handler):
+        pred.notes.append(
+            "DoRA on bitsandbytes int8 is skipped (peft's DoRA fails after the layer's first "
+            "forward); predicted as peft would hold it"
+        )
+    stored = _DTYPE_BYTES[weight_dtype]
+    mag = _DTYPE_BYTES[magnitude_dtype(weight_dtype, work)]
+    tensors = trainable_tensors(shape, kind, rank, work, stored, method, mag)
     pred.trainable_params = sum(n for n, _ in tensors)
     if kind == "lora":
         pred.adapters = sum(n * size for n, size in tensors)
@@ -385,7 +516,14 @@ def predict(
     tokens = work.train_batch * work.train_seq
     if kind in ("lora", "full") and shape.config is not None:
         lora = (
-            sim.LoraSpec(rank, work.lora_dropout, _targets(work), work.adapter_dtype)
+            sim.LoraSpec(
+                rank,
+                work.lora_dropout,
+                _targets(work),
+                work.adapter_dtype,
+                "dora" if method == "dora" else "lora",  # rsLoRA saves what LoRA saves
+                weight_dtype if method == "dora" and dequantized else None,
+            )
             if kind == "lora"
             else None
         )
@@ -395,6 +533,27 @@ def predict(
             pred.activations_checkpointed = sim.saved_bytes(*args, checkpointing=True)
         # logits (fp32), their gradient and log-softmax's gradient alive as backward starts
         pred.backward_transient = 3 * tokens * shape.vocab * 4
+        if method == "dora":
+            pred.forward_transient = dora_forward_transient(
+                shape, rank, work, weight_dtype, dequantized
+            )
+            pred.untracked_gradients = dora_untracked_gradients(
+                shape, work, weight_dtype, not dequantized
+            )
+            copies = dora_weight_copies(shape, work, weight_dtype, dequantized)
+            if copies:
+                pred.notes.append(
+                    f"peft's DoRA with dropout saves every adapted weight in "
+                    f"{work.adapter_dtype} for backward ({copies / 1e9:.3f} GB of the "
+                    "activations without checkpointing); with lora dropout 0 it reuses the "
+                    "base output instead"
+                )
+            if pred.untracked_gradients:
+                pred.notes.append(
+                    f"peft's DoRA writes {pred.untracked_gradients / 1e9:.3f} GB of gradients "
+                    "for the frozen Conv1D weights (counted in the training peak; the training "
+                    "workload's gradient count does not see them)"
+                )
         act = pred.activations_checkpointed or pred.activations
         if work.checkpointing:  # one layer's activations are rebuilt at a time in backward
             act += pred.activations // max(shape.layers, 1)
@@ -402,12 +561,14 @@ def predict(
         # two do not add up: the larger of them is held at once (measured: within 5% on the
         # builtin model for full fine-tuning and every LoRA rank, where their sum overstated
         # full fine-tuning's peak by 12-18%)
+        # DoRA's per-layer scratch is held while a layer's forward runs, with (nearly) all the
+        # activations saved and before the logits exist: the larger of it and the logits'
         pred.training_peak = (
             pred.weight_bytes
             + pred.adapters
             + pred.optimizer_state
-            + max(act, pred.gradients)
-            + pred.backward_transient
+            + max(act, pred.gradients + pred.untracked_gradients)
+            + max(pred.backward_transient, pred.forward_transient)
         )
     kv_per_position = 2 * shape.layers * shape.kv_dim * work.batch * a
     prompt = work.prompt if work.prompt is not None else work.seq
@@ -422,11 +583,26 @@ def predict(
 
     pred.prefill_transient = working_set(prompt)
     static = pred.weight_bytes + pred.adapters
+    if method == "dora":  # one layer's scratch at a time, beside the cache and working set
+        static += dora_forward_transient(shape, rank, work, weight_dtype, dequantized, False)
     pred.inference_peak = max(
         static + kv_per_position * prompt + pred.prefill_transient,
         static + pred.kv_cache + working_set(1),
     )
     return pred
+
+
+def _quant_linear_scheme(handler: Any) -> bool:
+    """Precisions stored in the harness's own ``QuantLinear`` (RTN, GPTQ, SpQR)."""
+    from harness.schemes.weight_only import QuantizedScheme
+
+    return isinstance(handler, QuantizedScheme)
+
+
+def _int8_scheme(handler: Any) -> bool:
+    from harness.schemes.bnb import Int8Scheme
+
+    return isinstance(handler, Int8Scheme)
 
 
 def _targets(work: Workload) -> tuple[str, ...] | None:

@@ -6,9 +6,17 @@ architecture the memory model runs the real transformers forward on ``FakeTensor
 dtypes propagate exactly, nothing is allocated and nothing is computed. ``saved_bytes`` counts
 the tensors autograd keeps for backward in one training forward (the count the training
 workload makes from live tensors with ``SavedTensorMeter``), with LoRA adapters emulated the way
-peft computes them (input cast to the adapter dtype, dropout, ``B(A(x)) * scale``) and optional
-reentrant gradient checkpointing. On Llama layouts it equals the live count exactly without
-checkpointing (tested); with checkpointing it misses a few KB of per-run inputs.
+peft computes them (input cast to the adapter dtype, dropout, ``B(A(x)) * scale``; DoRA's
+forward op by op, see :func:`_dora_forward`) and optional reentrant gradient checkpointing. On
+Llama layouts it equals the live count exactly without checkpointing (tested); with
+checkpointing it misses a few KB of per-run inputs.
+
+A tensor counts when the graph still holds it as the forward ends (what backward keeps alive):
+DoRA builds ``B @ A`` through a graph it throws away at once (``lora_B(lora_A(eye))``, only its
+detached value is used), and the tensors that graph saved (the ``in x in`` identity) are freed
+before backward, so they are not activations. ``SavedTensorMeter`` counts at pack time and keys
+storages by address, so on DoRA it also counts those (when their freed address is not reused by
+a later saved tensor, which it then skips).
 
 A model of one and of two decoder layers is probed and the rest extrapolated linearly
 (``outer + layers x per_layer``), so a 65B prediction takes as long as a small one.
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,12 +40,17 @@ _DTYPES = ("float32", "float16", "bfloat16")
 @dataclass(frozen=True)
 class LoraSpec:
     """The LoRA adapters to emulate: rank, dropout, targets (None = all linears, as peft's
-    ``all-linear``), the adapters' dtype."""
+    ``all-linear``), the adapters' dtype, the method (``lora`` and ``rslora`` differ only in
+    the value of the scale, so they save the same tensors; ``dora``) and, for DoRA on quantized
+    storage, the dtype peft dequantizes the base weight to (None: the base weight is a dense
+    parameter that peft reads as it is)."""
 
     rank: int
     dropout: float = 0.0
     targets: tuple[str, ...] | None = None
     dtype: str = "float32"
+    method: str = "lora"
+    dequantized_dtype: str | None = None
 
 
 def _layers_key(config: Any) -> str:
@@ -132,37 +146,117 @@ def _add_lora(model: Any, spec: LoraSpec) -> None:
         b = torch.nn.Parameter(torch.empty(out_f, spec.rank, dtype=dtype), requires_grad=True)
         module.register_parameter("lora_A_sim", a)
         module.register_parameter("lora_B_sim", b)
-        module.forward = functools.partial(_lora_forward, module, module.forward, spec.dropout)
+        if spec.method == "dora":
+            # peft's magnitude: the row norms of W + scale * B @ A, in the dtype of that sum
+            read = weight.dtype
+            if spec.dequantized_dtype is not None:
+                read = getattr(torch, spec.dequantized_dtype)
+            mag_dtype = torch.promote_types(read, dtype)
+            m = torch.nn.Parameter(torch.empty(out_f, dtype=mag_dtype), requires_grad=True)
+            module.register_parameter("lora_magnitude_sim", m)
+            forward = _dora_forward
+        else:
+            forward = _lora_forward
+        module.forward = functools.partial(forward, module, module.forward, spec)
 
 
-def _lora_forward(module: Any, base: Any, dropout: float, x: Any) -> Any:
+def _lora_forward(module: Any, base: Any, spec: LoraSpec, x: Any) -> Any:
     import torch.nn.functional as F
 
     result = base(x)
     xa = x.to(module.lora_A_sim.dtype)
-    if dropout > 0:
-        xa = F.dropout(xa, dropout, training=True)
+    if spec.dropout > 0:
+        xa = F.dropout(xa, spec.dropout, training=True)
     delta = F.linear(F.linear(xa, module.lora_A_sim), module.lora_B_sim) * 2.0
     return (result + delta).to(result.dtype)
 
 
+def _dora_forward(module: Any, base: Any, spec: LoraSpec, x: Any) -> Any:
+    """peft's ``Linear.forward`` with ``DoraLinearVariant`` (peft 0.21, ``lora/variants.py``
+    and ``lora/dora.py``), op for op in what autograd saves:
+
+    * ``lora_weight = lora_B(lora_A(eye(in))).T``: a graph whose value is only used detached,
+      so what it saves is freed at once (not counted, see the module docstring);
+    * the base weight (dequantized for bitsandbytes: a fresh tensor) cast to the input's dtype,
+      the input having been cast to the adapters' dtype;
+    * ``weight_norm = ||W + scale * lora_weight||`` per output row, detached; the magnitude
+      divided by it (the division saves ``weight_norm``);
+    * with dropout (in training) the input is dropped out and the base output computed again
+      as ``F.linear(x, W)``, which saves ``W`` (a new tensor unless the weight already had the
+      input's dtype); without dropout the base layer's output is reused, minus its bias;
+    * ``(m / ||.|| - 1) * base + (m / ||.||) * B(A(x)) * scale``: the products save both
+      operands of each.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    a, b, mag = module.lora_A_sim, module.lora_B_sim, module.lora_magnitude_sim
+    scale = 2.0
+    result = base(x)
+    result_dtype = result.dtype
+    x = x if x.dtype == a.dtype else x.to(a.dtype)
+    eye = torch.eye(a.shape[1], dtype=a.dtype)
+    lora_weight = F.linear(F.linear(eye, a), b).T.to(x.dtype)
+    # out x in (a view of GPT-2's in x out Conv1D weight: peft's fan_in_fan_out transpose)
+    weight = module.weight if isinstance(module, nn.Linear) else module.weight.T
+    if spec.dequantized_dtype is not None:  # dequantize_module_weight: a fresh tensor
+        weight = weight.to(getattr(torch, spec.dequantized_dtype), copy=True)
+    out_in = weight.to(x.dtype)
+    total = out_in + scale * lora_weight.detach()
+    weight_norm = torch.linalg.norm(total, dim=1).to(total.dtype).detach()
+    mag_norm_scale = (mag / weight_norm).view(1, -1)
+    if spec.dropout > 0:
+        x = F.dropout(x, spec.dropout, training=True)
+        base_result = F.linear(x, out_in)
+    else:
+        base_result = result
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            base_result = base_result - bias
+    lora_result = F.linear(F.linear(x, a), b)
+    dora = (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scale
+    return (result + dora).to(result_dtype)
+
+
+class _Held:
+    """What the pack hook hands autograd: the graph keeps it while it may still need the
+    tensor, so a weak reference to it tells whether the tensor is still saved."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+
 class _Saved:
-    """saved_tensors_hooks pack function counting each non-parameter storage once."""
+    """saved_tensors_hooks pack function: each non-parameter storage the graph still holds
+    when asked (``bytes``) counts once."""
 
     def __init__(self, model: Any) -> None:
         self.static = {t.untyped_storage()._cdata for t in model.parameters()}
         self.static |= {t.untyped_storage()._cdata for t in model.buffers()}
-        self.seen: dict[int, int] = {}
+        self.held: list[weakref.ref[_Held]] = []
 
-    def __call__(self, tensor: Any) -> Any:
-        key = tensor.untyped_storage()._cdata
-        if key not in self.static and key not in self.seen:
-            self.seen[key] = tensor.untyped_storage().nbytes()
-        return tensor
+    def __call__(self, tensor: Any) -> _Held:
+        held = _Held(tensor)
+        if tensor.untyped_storage()._cdata not in self.static:
+            self.held.append(weakref.ref(held))
+        return held
+
+    @staticmethod
+    def unpack(held: _Held) -> Any:
+        return held.tensor
 
     @property
     def bytes(self) -> int:
-        return sum(self.seen.values())
+        seen: dict[int, int] = {}  # storages alive now: their keys are distinct
+        for ref in self.held:
+            held = ref()
+            if held is not None:
+                storage = held.tensor.untyped_storage()
+                seen[storage._cdata] = storage.nbytes()
+        return sum(seen.values())
 
 
 def _probe_saved(
@@ -189,11 +283,13 @@ def _probe_saved(
         (enable or model.gradient_checkpointing_enable)({"use_reentrant": True})
         model.enable_input_require_grads()
     saved = _Saved(model)
-    hooks = torch.autograd.graph.saved_tensors_hooks(saved, lambda t: t)
+    hooks = torch.autograd.graph.saved_tensors_hooks(saved, saved.unpack)
     with _real_run_paths(), mode, hooks:
         ids = torch.zeros((batch, seq), dtype=torch.long)
-        model(input_ids=ids, labels=ids, use_cache=False)
-    return saved.bytes
+        out = model(input_ids=ids, labels=ids, use_cache=False)  # holds the graph
+    held = saved.bytes
+    del out
+    return held
 
 
 @functools.lru_cache(maxsize=256)

@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.adapter_names import adapter_rank
 from harness.config import Cell
 from harness.errors import HarnessError
 from harness.measure.env import fingerprint, fingerprint_id
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "skipped", "error", "oom", "timeout")
-FINISHED = ("ok", "skipped")
+STATUSES = ("ok", "skipped", "diverged", "no_learning", "error", "oom", "timeout")
+LEARNING = ("diverged", "no_learning")
+"""Outcomes of a fine-tuning run that finished but did not learn: measured, not failed, and
+never reported as ``ok``."""
+FINISHED = ("ok", "skipped", *LEARNING)
 FAILED = ("error", "oom", "timeout")
 ROW_FIELDS = [
     "workload",
@@ -144,11 +147,6 @@ def record_fingerprint(record: dict[str, Any], *, hardware: bool = True) -> dict
 
 def record_fingerprint_id(record: dict[str, Any]) -> str | None:
     return fingerprint_id(record_fingerprint(record)) if record.get("env") else None
-
-
-def adapter_rank(adapter: str) -> int | None:
-    match = re.fullmatch(r"lora-r(\d+)", adapter)
-    return int(match.group(1)) if match else None
 
 
 def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ each item cancels and small real differences become visible.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,3 +94,63 @@ def paired_bootstrap(
 
 def perplexity_interval(window_nlls: Sequence[float], **kw: float) -> Interval:
     return bootstrap_mean(window_nlls, transform=math.exp, **kw)  # type: ignore[arg-type]
+
+
+def seed_item_replicates(
+    per_seed: Mapping[Any, Sequence[float]], n_boot: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """Bootstrap replicates of the mean over seeds of the mean over items.
+
+    Each replicate draws the seeds with replacement and, independently, the items; the items
+    are drawn once per replicate for every seed, since every seed scores the same held-out
+    items in the same order (what an item's difficulty does to all seeds moves together).
+    ``per_seed[s]`` are seed s's per-item values (all seeds the same length). The same
+    ``seed`` draws the same weights for any values of that shape, so two sides resampled with
+    it are paired.
+    """
+    rows = [np.asarray(v, dtype=np.float64) for v in per_seed.values()]
+    if not rows or any(r.size == 0 for r in rows):
+        raise ValueError("no per-item values to resample")
+    if len({r.size for r in rows}) != 1:
+        sizes = sorted({r.size for r in rows})
+        raise ValueError(f"paired samples must align: seeds scored {sizes} items")
+    x = np.stack(rows)  # seeds x items
+    n_seeds, n_items = x.shape
+    rng = np.random.default_rng(seed)
+    seed_w = rng.multinomial(n_seeds, [1 / n_seeds] * n_seeds, size=n_boot) / n_seeds
+    item_w = rng.multinomial(n_items, [1 / n_items] * n_items, size=n_boot) / n_items
+    return ((seed_w @ x) * item_w).sum(axis=1)
+
+
+def paired_seed_bootstrap(
+    a: Mapping[int, Sequence[float]],
+    b: Mapping[int, Sequence[float]],
+    reduce: Callable[[Any, Any], Any] = np.subtract,
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Interval of ``reduce(mean a, mean b)`` over seeds and items, paired on both.
+
+    ``a[s]`` and ``b[s]`` are per-item values of one seed's cells on the same items. Both
+    sides are resampled with the same draws (:func:`seed_item_replicates`), so the interval
+    carries run-to-run variation and the choice of items while what the two sides share (an
+    item's difficulty, a seed) cancels. ``reduce`` works on arrays: ``np.subtract`` for a
+    difference, ``lambda x, y: (x - y) / y`` for a relative change.
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("no seed measured on both sides")
+    lengths = {len(a[s]) for s in seeds} | {len(b[s]) for s in seeds}
+    if len(lengths) != 1:
+        raise ValueError(f"paired samples must align: {sorted(lengths)} items")
+    ra = seed_item_replicates({s: a[s] for s in seeds}, n_boot, seed)
+    rb = seed_item_replicates({s: b[s] for s in seeds}, n_boot, seed)
+    stat = reduce(ra, rb)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(stat, [tail, 1 - tail])
+    mean_a = float(np.mean([np.mean(a[s]) for s in seeds]))
+    mean_b = float(np.mean([np.mean(b[s]) for s in seeds]))
+    estimate = float(reduce(np.asarray(mean_a), np.asarray(mean_b)))
+    return Interval(estimate, float(low), float(high), len(seeds) * lengths.pop())

@@ -16,9 +16,14 @@ KEY_METRICS = [
     ("kl_divergence", None, "KL vs fp32", "{:.4f}"),
     ("train_tokens_per_s", "median", "train tok/s", "{:.0f}"),
     ("train_peak_bytes", None, "train peak MB", "{:.0f}"),
+    ("heldout_loss_before", None, "held-out loss before", "{:.3f}"),
+    ("heldout_loss_after", None, "held-out loss after", "{:.3f}"),
+    ("heldout_exact_match_after", None, "exact match after", "{:.2f}"),
+    ("finetune_peak_bytes", None, "finetune peak MB", "{:.0f}"),
 ]
-_SCALE = {"bytes.total": 1e-6, "train_peak_bytes": 1e-6}
-_MARK = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]"}
+_SCALE = {"bytes.total": 1e-6, "train_peak_bytes": 1e-6, "finetune_peak_bytes": 1e-6}
+_MARK = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "diverged": "[red]↯[/]",
+         "no_learning": "[yellow]=[/]"}  # fmt: skip
 
 
 def _value(rows: list[dict[str, Any]], metric: str, stat: str | None) -> float | None:

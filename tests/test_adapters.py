@@ -10,7 +10,7 @@ from torch import nn
 
 from harness.adapters import LoraQuantLinear, attach_lora, target_names
 from harness.config import expand, load_experiment
-from harness.errors import ConfigError
+from harness.errors import ConfigError, SkipCell
 from harness.quant import rtn_quantize
 from harness.quant.linear import QuantLinear
 from harness.schemes import get_handler
@@ -49,7 +49,7 @@ def test_bad_adapter_names_list_the_allowed_forms(tmp_path: Path, name: str) -> 
         load_experiment(path)
     message = str(info.value)
     assert f"unknown adapter '{name}'" in message
-    assert "allowed: none, lora-r<N>, full" in message
+    assert "allowed: none, lora-r<N>, rslora-r<N>, dora-r<N>, full" in message
 
 
 def test_lora_settings_resolve_into_the_cell_and_its_id(tmp_path: Path) -> None:
@@ -188,3 +188,50 @@ def test_full_unfreezes_every_parameter_of_a_dense_model(tmp_path, synthetic_cac
     attach(loaded, cell)
     assert all(p.requires_grad for p in loaded.model.parameters())
     assert isinstance(loaded.model.lm_head, nn.Linear)
+
+
+def _method_options(r: int, **switch) -> dict:
+    return {**_options(r), **switch}
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r_and_trains_what_lora_trains(tiny_source) -> None:
+    model, rows = attach_lora(_load(tiny_source, "fp32").model, _method_options(4, use_rslora=True))
+    layer = model.base_model.model.model.layers[0].mlp.down_proj
+    assert layer.scaling["default"] == pytest.approx(16.0 / 2.0)  # alpha / sqrt(4), not / 4
+    assert rows[-1]["method"] == "rslora:peft"
+    assert _trainable(model) == LAYERS * sum(4 * (i + o) for i, o in SHAPES.values())
+
+
+def test_dora_adds_one_magnitude_per_output_row(tiny_source) -> None:
+    model, rows = attach_lora(_load(tiny_source, "fp32").model, _method_options(4, use_dora=True))
+    assert rows[-1]["method"] == "dora:peft"
+    lora = LAYERS * sum(4 * (i + o) for i, o in SHAPES.values())
+    magnitudes = LAYERS * sum(o for _, o in SHAPES.values())
+    assert _trainable(model) == lora + magnitudes
+
+
+def test_dora_on_int8_and_on_harness_quant_linears_is_refused(tiny_source) -> None:
+    with pytest.raises(SkipCell, match="DoRA on bitsandbytes int8"):
+        attach_lora(_load(tiny_source, "int8").model, _method_options(4, use_dora=True))
+    model = _load(tiny_source, "fp32").model
+    for name in target_names(model, "all-linear"):
+        parent, _, leaf = name.rpartition(".")
+        quant = QuantLinear(rtn_quantize(model.get_submodule(name).weight.data, 4, 32))
+        setattr(model.get_submodule(parent), leaf, quant)
+    with pytest.raises(SkipCell, match="QuantLinear"):
+        attach_lora(model, _method_options(4, use_dora=True))
+
+
+def test_rslora_on_harness_quant_linears_uses_its_scaling() -> None:
+    base = QuantLinear(rtn_quantize(torch.randn(48, 64), bits=4, group_size=32))
+    assert LoraQuantLinear(base, 16, 16.0, 0.0, rslora=True).scaling == pytest.approx(4.0)
+    assert LoraQuantLinear(base, 16, 16.0, 0.0).scaling == pytest.approx(1.0)
+
+
+def test_method_switches_enter_the_cell_only_for_their_method(tmp_path: Path) -> None:
+    from harness.config import LoraSettings, adapter_options
+
+    assert "use_dora" not in adapter_options("lora-r8", LoraSettings())
+    assert adapter_options("dora-r8", LoraSettings())["use_dora"] is True
+    assert adapter_options("rslora-r8", LoraSettings())["use_rslora"] is True
+    assert adapter_options("full", LoraSettings()) == {}

@@ -1,5 +1,10 @@
 """``harness predict``: memory of every cell of an experiment, or of one model/precision/adapter
-setting, from the model config alone (no weights loaded, no network)."""
+setting, from the model config alone (no weights loaded, no network).
+
+Adapters are ``none``, ``full`` and the LoRA family (``lora-rN``, ``rslora-rN``, ``dora-rN``):
+rsLoRA predicts what LoRA does; DoRA adds its magnitudes to the adapter, gradient and optimizer
+columns and its forward to the activations and the training peak (``harness.memory_model``).
+"""
 
 from __future__ import annotations
 
@@ -54,7 +59,8 @@ def _print(rows: list[dict[str, Any]], title: str, work: Any, console: Console) 
     console.print(
         f"batch {work.batch} x {work.seq} tokens (inference), {work.train_batch} x "
         f"{work.train_seq} (training, checkpointing {'on' if work.checkpointing else 'off'}, "
-        f"{work.optimizer}); terms documented in harness/memory_model.py; the measured error "
+        f"{work.optimizer}, adapter dropout {work.lora_dropout:g}); terms documented in "
+        "harness/memory_model.py; the measured error "
         "of the model is in every report's memory model section"
     )
 

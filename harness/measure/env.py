@@ -140,16 +140,23 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
-def code_hash() -> str:
-    """SHA-256 (16 hex) of the harness package sources: the code version without git.
+RENDERING_ONLY = ("report/", "commands/", "cli.py", "summary.py")
+"""Sources that read stored results and never take part in a measurement (figures, tables,
+the command line): left out of the code hash, so editing a plot keeps stored cells current."""
 
-    Unlike ``git_sha`` it ignores documentation, tests and results, so a commit that touches
-    only those does not make stored measurements look foreign.
+
+@lru_cache(maxsize=4)
+def code_hash(root: Path | None = None) -> str:
+    """SHA-256 (16 hex) of the harness sources that can change a measurement.
+
+    Unlike ``git_sha`` it ignores documentation, tests, results and :data:`RENDERING_ONLY`,
+    so a commit that touches only those does not make stored measurements look foreign.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).as_posix().startswith(RENDERING_ONLY):
+            continue
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

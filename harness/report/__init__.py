@@ -15,6 +15,9 @@ ENV_COLUMNS = [
     "device", "device_name", "driver", "cuda", "python", "platform", "cpu", "cpu_count",
     "torch_threads", "memory_total_bytes", "git_sha", "ray_node_ip",
 ]
+RESULTS_DIRS = "results_dirs"
+"""``frame.attrs`` key of a loaded table: run label -> its results directory, so a report can
+read what only the cell records hold (the fine-tuning curves' steps)."""
 
 
 def run_labels(dirs: list[Path]) -> list[str]:
@@ -27,7 +30,8 @@ def run_labels(dirs: list[Path]) -> list[str]:
 
 
 def load_runs(dirs: list[Path], labels: list[str] | None = None) -> Any:
-    """Read every results directory into one tidy table with a ``run`` column.
+    """Read every results directory into one tidy table with a ``run`` column (and the
+    directories in ``attrs[RESULTS_DIRS]``).
 
     A missing, empty or unreadable directory is a HarnessError naming it.
     """
@@ -51,7 +55,9 @@ def load_runs(dirs: list[Path], labels: list[str] | None = None) -> Any:
         if missing:
             raise HarnessError(f"results table in {path} lacks columns {sorted(missing)}")
         frames.append(frame.assign(run=label))
-    return normalize(pd.concat(frames, ignore_index=True))
+    out = normalize(pd.concat(frames, ignore_index=True))
+    out.attrs[RESULTS_DIRS] = {label: str(path) for path, label in zip(dirs, labels, strict=True)}
+    return out
 
 
 def normalize(frame: Any) -> Any:

@@ -24,6 +24,8 @@ class Operand:
     label: str = ""
     cells: list[str] = field(default_factory=list)
     samples: list[float] | None = None  # per-item samples, when exactly one cell was used
+    seed_samples: dict[int, list[float]] = field(default_factory=dict)
+    """Per-item samples of each seed's cell (fine-tuning cells: one held-out list per seed)."""
     ci: tuple[float, float] | None = None  # the cell's own interval, when exactly one
     why: str = ""
     protocols: frozenset[str] = frozenset()  # how the rows were measured (budget included)
@@ -94,6 +96,10 @@ def _alternatives(frame: Any, spec: dict[str, Any], samples: dict, run: str, mem
                           list(dict.fromkeys(sel["cell_id"])))
             if "protocol" in sel:
                 out.protocols = frozenset(str(p) for p in sel["protocol"].dropna() if p)
+            for _, row in sel.iterrows():
+                values = samples.get((run, row["cell_id"]), {}).get(spec["metric"])
+                if values and "seed" in row:
+                    out.seed_samples[int(row["seed"])] = values
             if len(sel) == 1:
                 row = sel.iloc[0]
                 out.samples = samples.get((run, row["cell_id"]), {}).get(spec["metric"])

@@ -13,9 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.stats import paired_bootstrap
+from harness.stats import paired_bootstrap, paired_seed_bootstrap
 
 PAIRED, COMBINED = "paired bootstrap over windows", "per-cell 95% intervals, worst case"
+SEEDS = "paired bootstrap over seeds and items"
 Samples = dict[tuple[str, str], dict[str, list[float]]]  # (run, cell_id) -> metric -> samples
 
 
@@ -78,10 +79,32 @@ def _combined(
     return a[0] / b[1] - shift, a[1] / b[0] - shift
 
 
+def _over_seeds(
+    reducer: str, metric_a: str, metric_b: str | None, a: Any, b: Any
+) -> tuple[float, float] | None:
+    """A difference or relative change of per-item means (fine-tuning quality), paired over
+    the seeds both operands ran and the items they share; None where they share none."""
+    if b is None or metric_a != metric_b or metric_a == "perplexity":
+        return None
+    reduce = {"difference": lambda x, y: x - y, "relative_change": lambda x, y: (x - y) / y}
+    common = set(a.seed_samples) & set(b.seed_samples)
+    if reducer not in reduce or not common:
+        return None
+    lengths = {len(a.seed_samples[s]) for s in common} | {len(b.seed_samples[s]) for s in common}
+    if len(lengths) != 1:
+        return None
+    pick = {s: a.seed_samples[s] for s in common}, {s: b.seed_samples[s] for s in common}
+    ci = paired_seed_bootstrap(*pick, reduce[reducer])
+    return ci.low, ci.high
+
+
 def measured_interval(
     reducer: str, metric_a: str, metric_b: str | None, a: Any, b: Any
 ) -> tuple[tuple[float, float] | None, str]:
     """(interval, method) from the operands' ``samples`` or their cells' ``ci``, if any."""
+    seeds = _over_seeds(reducer, metric_a, metric_b, a, b)
+    if seeds is not None:
+        return seeds, SEEDS
     if b is not None and metric_a == metric_b == "perplexity":
         pair = _paired(reducer, a.samples or [], b.samples or [])
         if pair is not None:

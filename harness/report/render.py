@@ -15,7 +15,18 @@ from typing import Any
 from harness.report import capped_table, environment_table, problems_table
 from harness.report.claims import evaluate, load_claims, verdict_table
 from harness.report.claims_scale import at_scale_table, measured_error_band
-from harness.report.plots import FIGURES
+from harness.report.finetune import (
+    TABLE_NOTE,
+    Records,
+    curve_points,
+    finetune_summary,
+    finetune_table,
+    has_finetune,
+    loss_curves,
+    quality_vs_memory,
+    records_for,
+)
+from harness.report.plots import FIGURES, FigureSpec
 from harness.report.style import apply_theme
 
 
@@ -41,22 +52,57 @@ class Section:
 
 def render_figures(frame: Any, out_dir: Path) -> list[Section]:
     """Draw every figure of ``FIGURES``; an absent metric gives a note, never an error."""
+    apply_theme()
+    return [draw_figure(spec, frame, out_dir, Section(spec.title)) for spec in FIGURES]
+
+
+def draw_figure(spec: FigureSpec, frame: Any, out_dir: Path, section: Section) -> Section:
+    """``spec``'s figure saved as PNG + SVG and added to ``section``, or the note saying what
+    these results lack."""
     import matplotlib.pyplot as plt
 
+    fig = spec.build(frame)
+    if fig is None:
+        return section.text(f"Not drawn: these results lack {spec.needs}.")
+    fig.savefig(out_dir / f"{spec.name}.png", bbox_inches="tight")
+    fig.savefig(out_dir / f"{spec.name}.svg", bbox_inches="tight")
+    plt.close(fig)
+    return section.figure(spec.name)
+
+
+def finetune_sections(frame: Any, out_dir: Path, records: Records) -> list[Section]:
+    """Held-out quality before and after fine-tuning, the loss curves and quality against
+    memory; no section at all when the results hold no fine-tuning rows."""
+    if not has_finetune(frame):
+        return []
     apply_theme()
-    sections = []
-    for spec in FIGURES:
-        section = Section(spec.title)
-        fig = spec.build(frame)
-        if fig is None:
-            section.text(f"Not drawn: these results lack {spec.needs}.")
-        else:
-            fig.savefig(out_dir / f"{spec.name}.png", bbox_inches="tight")
-            fig.savefig(out_dir / f"{spec.name}.svg", bbox_inches="tight")
-            plt.close(fig)
-            section.figure(spec.name)
-        sections.append(section)
-    return sections
+    summary = finetune_summary(frame, records)
+    table = Section("Fine-tuning: held-out quality before and after")
+    table.text(TABLE_NOTE).table(finetune_table(summary))
+    curves = Section("Fine-tuning: loss curves")
+    curves.text(
+        "Training loss of every optimizer step and held-out loss (the curve items, step 0 = "
+        "before training) per precision; a colour per adapter, the mean over seeds bold and "
+        "each seed thin.")
+    specs = [
+        (curves, FigureSpec("finetune_curves", curves.title,
+                            "train_loss_curve samples in the cell records",
+                            lambda f: loss_curves(f, records))),
+        (Section("Fine-tuning: held-out loss against training memory").text(
+            "Each trained precision and adapter: held-out loss after fine-tuning (mean over "
+            "seeds, bars the 95% interval over seeds and items) against the first training "
+            "step's peak memory (mean over seeds); the dashed line joins the points no other "
+            "point beats on both. Hollow: not every seed ended ok."),
+         FigureSpec("finetune_quality_vs_memory", "", "finetune_peak_bytes and "
+                    "heldout_loss_after in trained cells", lambda f: quality_vs_memory(summary))),
+    ]  # fmt: skip
+    out = [table]
+    for section, spec in specs:
+        out.append(draw_figure(spec, frame, out_dir, section))
+    if any(curve_points(records, k, "train_loss_curve")
+           and not curve_points(records, k, "heldout_loss_curve") for k in records):
+        curves.text("Held-out curves are drawn only where the cell records give their steps.")
+    return out
 
 
 def shown_validation(table: Any) -> Any:
@@ -97,13 +143,20 @@ def build_sections(
     claims_path: Path | None = None,
     paired: Any = None,
     samples: Any = None,
+    finetune_records: Records | None = None,
 ) -> list[Section]:
+    """Every section in order. ``finetune_records`` (``finetune.load_records``) gives the
+    fine-tuning part its per-item samples and curve steps; without them they are read from
+    the directories ``load_runs`` noted, else taken from ``samples``."""
     runs = ", ".join(dict.fromkeys(frame["run"]))
     intro = Section("Overview").text(
         f"Runs: {runs}. Models: {', '.join(dict.fromkeys(frame['model'].astype(str)))}. "
         f"{frame['cell_id'].nunique()} cells, {len(frame)} result rows."
     )
     sections = [intro, *render_figures(frame, out_dir)]
+    if has_finetune(frame):
+        records = finetune_records if finetune_records is not None else records_for(frame, samples)
+        sections += finetune_sections(frame, out_dir, records)
     problems = problems_table(frame)
     failed = Section("Cells not ok")
     failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
@@ -220,12 +273,13 @@ def write_report(
     claims_path: Path | None = None,
     paired: Any = None,
     samples: Any = None,
+    finetune_records: Records | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.html and the figures to ``out_dir``; returns their paths.
 
     ``samples`` (``claim_interval.load_samples``) gives the claims paired intervals."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = build_sections(frame, out_dir, claims_path, paired, samples)
+    sections = build_sections(frame, out_dir, claims_path, paired, samples, finetune_records)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(to_markdown(sections, title))
     page.write_text(to_html(sections, title, out_dir))

@@ -82,9 +82,14 @@ def precision_color(name: str) -> str:
 
 def text_color(name: str) -> str:
     """The precision colour darkened enough to read as text on white."""
+    return readable(precision_color(name))
+
+
+def readable(color: str) -> str:
+    """A colour darkened enough to read as text on white."""
     from matplotlib.colors import to_rgb
 
-    r, g, b = to_rgb(precision_color(name))
+    r, g, b = to_rgb(color)
     light = 0.299 * r + 0.587 * g + 0.114 * b
     k = min(1.0, 0.5 / light) if light > 0.5 else 1.0
     return "#{:02x}{:02x}{:02x}".format(*(int(255 * c * k) for c in (r, g, b)))
@@ -118,3 +123,62 @@ def human_bytes_unit(max_bytes: float) -> tuple[float, str]:
         if max_bytes >= div:
             return div, unit
     return 1.0, "B"
+
+
+# Adapters: one hue per method (LoRA blues, rsLoRA greens, DoRA purples), darker for a
+# larger rank, full fine-tuning red; keyed by name like precisions.
+ADAPTER_CMAPS = {"lora": "Blues", "rslora": "Greens", "dora": "Purples"}
+ADAPTER_MARKERS = {"none": "X", "lora": "o", "rslora": "s", "dora": "D", "full": "^"}
+
+
+def adapter_order(names: Any) -> list[str]:
+    """none, then LoRA-family adapters by rank (lora, rslora, dora at one rank), then full;
+    names the parser does not know last, alphabetically."""
+    from harness.adapter_names import LORA_METHODS, lora_method, parse_adapter
+
+    def key(name: str) -> tuple[int, int, int, str]:
+        try:
+            kind, rank = parse_adapter(name)
+        except ValueError:
+            return 3, 0, 0, name
+        if kind != "lora":
+            return (0 if kind == "none" else 2), 0, 0, name
+        return 1, rank or 0, LORA_METHODS.index(lora_method(name) or "lora"), name
+
+    return sorted(dict.fromkeys(str(n) for n in names), key=key)
+
+
+def adapter_method(name: str) -> str:
+    """``lora``, ``rslora``, ``dora``, ``none``, ``full`` (or the name when unknown)."""
+    from harness.adapter_names import lora_method
+
+    if name in ("none", "full"):
+        return name
+    try:
+        return lora_method(name) or name
+    except ValueError:
+        return name
+
+
+def adapter_color(name: str) -> str:
+    """Stable colour of an adapter: its method's hue, shaded by log2 of its rank."""
+    import math
+
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    from harness.adapter_names import adapter_rank
+
+    if name == "full":
+        return "#c0392b"
+    if name == "none":
+        return "#555555"
+    method, rank = adapter_method(name), adapter_rank(name)
+    if method not in ADAPTER_CMAPS or rank is None:
+        return _EXTRA[sum(map(ord, name)) % len(_EXTRA)]
+    shade = 0.35 + 0.6 * min(math.log2(rank), 7) / 7  # r1 lightest .. r128 and up darkest
+    return to_hex(colormaps[ADAPTER_CMAPS[method]](shade))
+
+
+def adapter_marker(name: str) -> str:
+    return ADAPTER_MARKERS.get(adapter_method(name), "o")

@@ -42,7 +42,7 @@ def _describe(exc: BaseException) -> str:
 
 def _cell_status(rows: list[dict[str, Any]]) -> str:
     statuses = {r.get("status", "ok") for r in rows}
-    for worst in ("oom", "error", "timeout"):
+    for worst in ("oom", "error", "timeout", "diverged", "no_learning"):
         if worst in statuses:
             return worst
     return "ok"

@@ -108,3 +108,68 @@ class FourBitScheme(SchemeHandler):
             llm_int8_skip_modules=list(opts.skip_modules) if opts.skip_modules else None,
         )
         return _load(source, config, device, compute)
+
+
+def restore_trainable_layout(model) -> int:
+    """Convert 4-bit layers that bitsandbytes repacked for CPU inference back into the layout
+    its autograd path reads; returns how many were converted (0: none was packed).
+
+    Why: on a CPU with AVX512-BF16, ``Linear4bit.forward`` in eval mode on an input that needs
+    no gradient (the inference workload, the budget probe) rewrites its weight for good into an
+    inference-only layout (``quant_state.packing_format_for_cpu``: codes re-tiled, absmax bf16
+    and transposed, double quantization undone) and never converts back in train mode.
+    ``matmul_4bit`` then sends training forwards to ``gemv_4bit``, which has no autograd
+    kernel: gradients through the frozen base go wrong silently, and on layers with a bias
+    (GPT-2's Conv1D) its in-place ``result += bias`` raises "a view of a leaf Variable that
+    requires grad is being used in an in-place operation". bitsandbytes' own inverse restores
+    the codes (and a nested absmax) but leaves a plain absmax in the packed (K/64, N) layout,
+    which would scramble the weights, so that one is flattened back here. The absmax keeps its
+    bf16 rounding: training uses the weights the earlier forwards used.
+    """
+    import torch
+
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Linear4bit
+    except Exception:  # no (working) bitsandbytes: nothing of it can be packed
+        return 0
+    restored = 0
+    with torch.inference_mode(False):  # new tensors autograd may use
+        for module in model.modules():
+            if not isinstance(module, Linear4bit):
+                continue
+            state = module.weight.quant_state
+            if not getattr(state, "packing_format_for_cpu", False):
+                continue
+            packed_absmax = state.absmax
+            codes, state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+            if not state.nested and packed_absmax.dim() == 2:  # (K / blocksize, N) -> blocks
+                state.absmax = packed_absmax.T.reshape(-1).to(torch.float32)
+            module.weight.data = codes
+            module.weight.quant_state = state
+            restored += 1
+    return restored
+
+
+def keep_trainable_layout(model) -> int:
+    """Restore the 4-bit layers' canonical layout and stop bitsandbytes from repacking them
+    for CPU inference again; returns how many layers it holds.
+
+    Needed where something reads a 4-bit weight's codes outside bitsandbytes' own matmul:
+    peft's DoRA dequantizes the base weight in every forward (its row norms) and peft's merge
+    dequantizes it once, both assuming the canonical layout; after an eval forward repacked a
+    layer they read scrambled weights (measured on the builtin model: nf4-dq + DoRA held-out
+    loss 17.9 instead of 5.3, a merge that added 5.3 nats). Held layers run eval forwards
+    through the same dequantizing path as training.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except Exception:
+        return 0
+    restore_trainable_layout(model)
+    held = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            held += 1
+    return held

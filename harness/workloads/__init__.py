@@ -72,6 +72,15 @@ _ENTRIES: list[WorkloadEntry] = [
         tracks_memory=True,
     ),
     WorkloadEntry(
+        "finetune",
+        s.FinetuneSettings,
+        "harness.workloads.finetune:run",
+        "fine-tuning to a budget on instruction data: held-out loss, exact match and corpus "
+        "perplexity before and after, curves, divergence, adapter reload and merge",
+        training_unavailable,
+        tracks_memory=True,
+    ),
+    WorkloadEntry(
         "perplexity",
         s.PerplexitySettings,
         "harness.workloads.perplexity:run",

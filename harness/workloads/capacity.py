@@ -118,6 +118,10 @@ class Stepper:
         self.vocab = self.model.get_input_embeddings().num_embeddings
         self.training = cell.workloads.training
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if mode == "training":  # an earlier eval forward may have repacked 4-bit layers
+            from harness.schemes.bnb import restore_trainable_layout
+
+            restore_trainable_layout(self.model)
         # a serving prefill (generate) keeps only the last position's logits
         base = getattr(self.model, "get_base_model", lambda: self.model)()
         keep = "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -78,6 +78,79 @@ class TrainingSettings(_Settings):
         return self
 
 
+class FinetuneSettings(_Settings):
+    """Fine-tuning to a budget on instruction data, with held-out quality before and after.
+
+    Off by default. A cell with adapter ``none`` is scored before training only (the base
+    model's figures at its precision). Trains with what PEFT / TRL / alpaca-lora users set:
+    warmup and a decaying learning rate, gradient accumulation, gradient clipping, the loss on
+    completion tokens only, held-out evaluation every ``eval_every`` steps and an early stop on
+    divergence, which is the cell's status (``diverged``), as is a run whose held-out loss did
+    not fall (``no_learning``). Then the adapter is saved, reloaded into a freshly loaded base
+    and merged into it, and each is scored again on the same items.
+    """
+
+    enabled: bool = False
+    data: str = "builtin"
+    """``builtin`` (offline short-answer questions from the builtin tasks' word lists), a path
+    to a JSONL file (alpaca ``instruction``/``input``/``output`` or ``prompt``/``completion``
+    per line), or ``hf:<dataset>`` through ``datasets`` (skipped where it cannot be had)."""
+    template: Literal["alpaca", "plain"] = "alpaca"
+    """``alpaca``: alpaca-lora's prompt; ``plain``: ``Question: ...\nAnswer: <output>``."""
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of distinct questions held out of a user's data (the builtin set holds out 25%)."""
+    eval_items: int | None = Field(64, ge=1)
+    """Held-out items scored before and after (a fixed shuffle; None: all)."""
+    curve_items: int = Field(32, ge=1)
+    """Held-out items scored every ``eval_every`` steps for the curve and divergence check."""
+    steps: int = Field(30, ge=1)
+    """Optimizer steps (each of ``grad_accum`` micro-batches)."""
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(256, ge=8)
+    """Longest example in tokens; longer prompts are cut from the left."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate of adapter cells (LoRA-family)."""
+    full_lr: float = Field(5e-5, gt=0)
+    """Peak learning rate of ``full`` fine-tuning cells (full fine-tuning needs a smaller one)."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(3, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping (0: off)."""
+    completion_only: bool = True
+    """Loss on the completion only (alpaca-lora's ``train_on_inputs: false``)."""
+    eval_every: int = Field(10, ge=0)
+    """Steps between held-out evaluations (0: before and after only)."""
+    divergence_ratio: float = Field(1.5, gt=1)
+    """Stop as ``diverged`` when the held-out loss exceeds this multiple of its start."""
+    min_improvement: float = Field(0.02, ge=0)
+    """``no_learning`` unless the held-out loss falls by at least this fraction."""
+    optimizer: Literal["adamw", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    gradient_checkpointing: bool = False
+    corpus_windows: int = Field(2, ge=0)
+    """Windows of the builtin corpus' test split scored before and after (forgetting; 0: off)."""
+    corpus_window: int = Field(256, ge=16)
+    batch_eval: int = Field(16, ge=1)
+    """Held-out items per scoring forward."""
+    check_reload: bool = True
+    """Save the adapter, load it into a fresh base of the same precision and score it again."""
+    check_merge: bool = True
+    """Merge the reloaded adapter into its base (quantized bases: dequantize, merge,
+    re-quantize, as peft does) and score the merged model."""
+    check_seeds: tuple[int, ...] | None = None
+    """Seeds whose cells run the reload and merge checks (None: every cell). Each check loads
+    the base again, so a seed sweep can check once per precision and adapter."""
+
+    @model_validator(mode="after")
+    def _warmup(self) -> FinetuneSettings:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})"
+            )
+        return self
+
+
 class PerplexitySettings(_Settings):
     """Token perplexity over non-overlapping windows (the GPTQ/SpQR papers' protocol)."""
 
@@ -168,6 +241,7 @@ class Workloads(BaseModel):
     footprint: FootprintSettings = FootprintSettings()
     inference: InferenceSettings = InferenceSettings()
     training: TrainingSettings = TrainingSettings()
+    finetune: FinetuneSettings = FinetuneSettings()
     perplexity: PerplexitySettings = PerplexitySettings()
     accuracy: AccuracySettings = AccuracySettings()
     agreement: AgreementSettings = AgreementSettings()

@@ -23,6 +23,7 @@ from harness.measure import training_memory as tm
 from harness.measure.memory import phase_rows, track_phase
 from harness.measure.timing import summary_rows, sync_device
 from harness.optimizers import PAGED, optimizer_unavailable
+from harness.schemes.bnb import restore_trainable_layout
 
 
 def make_optimizer(name: str, params: list[Any], lr: float) -> Any:
@@ -75,6 +76,7 @@ def train(model: Any, batch: Callable[[int], Any], settings: Any, device: str) -
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    restore_trainable_layout(model)  # an earlier eval forward may have repacked 4-bit layers
     if settings.gradient_checkpointing:
         enable_checkpointing(model)
     optimizer = make_optimizer(settings.optimizer, params, settings.lr)
@@ -206,6 +208,10 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     if kind == "none":
         return []  # nothing is trainable: the untrained baseline of the matrix
     model = loaded.model
+    # Before counting the frozen bytes: an inference forward earlier in this cell leaves
+    # bitsandbytes' 4-bit layers in a CPU layout its autograd cannot train through (see
+    # restore_trainable_layout); train() asks again for callers that skip run().
+    restored = restore_trainable_layout(model)
     param_rows, static = parameter_rows(model)
     batch = corpus_batches(loaded.tokenizer, settings, model.device)
     result = train(model, batch, settings, cell.device)
@@ -254,6 +260,16 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
         },
         *phase_rows("train", result.peak),
     ]
+    if restored:
+        rows.append(
+            {
+                "metric": "bnb_cpu_layers_unpacked",
+                "value": float(restored),
+                "unit": "layers",
+                "method": "4-bit layers an earlier forward repacked for CPU inference, "
+                "converted back before training (absmax keeps the repack's bf16 rounding)",
+            }
+        )
     if settings.save_adapter and kind == "lora":
         import tempfile
 
