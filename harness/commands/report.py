@@ -31,11 +31,13 @@ def make_report(
     if out.exists() and not out.is_dir():
         raise HarnessError(f"report output {out} exists and is not a directory")
     from harness.report.claim_interval import load_samples
+    from harness.report.finetune import load_records
     from harness.report.paired import paired_table
 
     # only the cells the results tables hold: a cells/ folder may keep records of cells
     # dropped from the experiment or measured by older code
-    paired = paired_table(list(dirs), list(names), cell_ids=set(frame["cell_id"]))
+    cell_ids = set(frame["cell_id"])
+    paired = paired_table(list(dirs), list(names), cell_ids=cell_ids)
     paths = write_report(
         frame,
         out,
@@ -43,6 +45,7 @@ def make_report(
         claims_path=claims,
         paired=paired,
         samples=load_samples(list(dirs), list(names)),
+        finetune_records=load_records(list(dirs), list(names), cell_ids),
     )
     figures = sorted(p.name for p in out.glob("*.png"))
     console.print(f"report: {paths['markdown']} and {paths['html']} ({len(figures)} figures)")

@@ -1,12 +1,14 @@
 """Fine-tuning that shows what it buys: held-out quality before and after, on the same items.
 
-Order inside a cell (memory first, then time, as every workload measures):
+Order inside a cell:
 
 1. score the untrained model on the held-out items (completion loss, greedy exact match) and
-   on a few corpus windows (forgetting), with the allocator's memory settings;
-2. train ``steps`` optimizer steps; step 0 is the tracked memory phase (``finetune_peak_*``),
-   the rest run with the timing settings, with the held-out curve every ``eval_every`` steps
-   and an early stop on divergence;
+   on a few corpus windows (forgetting);
+2. train ``steps`` optimizer steps; step 0 is the tracked memory phase (``finetune_peak_*``,
+   the allocator's memory settings, after freed memory is handed back; its
+   ``heap_free_at_start`` row says what the scoring before it left in the heap), everything
+   else runs with the timing settings; the held-out curve every ``eval_every`` steps and an
+   early stop on divergence;
 3. score the fine-tuned model on the same items; the paired per-item change is the effect;
 4. save the adapter, load it into a freshly loaded base of the same precision and score that;
    merge it there (peft's ``merge_and_unload``: for bitsandbytes bases it dequantizes, adds the
@@ -270,8 +272,9 @@ def run(loaded: Any, cell: Any, settings: Any) -> list[dict[str, Any]]:
     curve = prep[: settings.curve_items]
     pad = _pad_id(tok)
     proto = protocol(data, settings, len(prep), cell)
-    before = sft.score(model, prep, pad, settings.batch_eval)
-    corpus_before = corpus_scores(model, tok, settings)
+    with allocator.timing_window():  # scoring is timing work; only step 0 tracks memory
+        before = sft.score(model, prep, pad, settings.batch_eval)
+        corpus_before = corpus_scores(model, tok, settings)
     rows = [*_quality_rows("before", before), *_corpus_rows("before", corpus_before, settings)]
     if held:
         rows.append(_row("kbit_layout_held_layers", float(held), "layers", method=HELD))
