@@ -14,6 +14,10 @@ from harness.results_dir import ResultsDir
 from harness.stats import paired_bootstrap
 
 BASELINE = "fp32"
+PER_ITEM = tuple(
+    f"heldout_{m}_{stage}" for m in ("loss", "exact_match") for stage in ("before", "after")
+)
+"""Fine-tuning rows whose samples are per held-out item (curves are per step, not items)."""
 
 
 def _samples(record: dict[str, Any]) -> dict[str, list[float]]:
@@ -43,7 +47,8 @@ def paired_table(
     """Rows: run, precision, adapter, metric, difference vs baseline, 95% interval, verdict.
 
     For perplexity the items are per-window mean NLLs (a positive difference is worse); for
-    accuracy they are per-question scores (a negative difference is worse).
+    accuracy they are per-question scores (a negative difference is worse); fine-tuning's
+    held-out loss and exact match are per held-out item, the same seed's cell on both sides.
     """
     import pandas as pd
 
@@ -57,7 +62,9 @@ def paired_table(
                 continue
             for metric, values in _samples(record).items():
                 # agreement metrics are already measured against the baseline
-                comparable = metric == "perplexity" or metric.startswith("acc")
+                comparable = (
+                    metric == "perplexity" or metric.startswith("acc") or metric in PER_ITEM
+                )
                 if not comparable or metric not in base or len(base[metric]) != len(values):
                     continue
                 cmp = paired_bootstrap(base[metric], values)

@@ -46,3 +46,20 @@ def test_records_outside_the_results_table_are_left_out(tmp_path: Path) -> None:
     listed = paired_table([tmp_path], ["run"], cell_ids={"a", "b"})
     assert set(every["precision"]) == {"int8", "bf16"}
     assert set(listed["precision"]) == {"int8"}
+
+
+def test_finetune_items_are_paired_but_curves_are_not(tmp_path: Path) -> None:
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for name, precision, shift in (("a", "fp32", 0.0), ("b", "nf4-dq", 0.2)):
+        items = [1.0 + 0.1 * i + shift for i in range(10)]
+        rows = [
+            {"metric": "heldout_loss_after", "samples": items, "status": "ok"},
+            {"metric": "heldout_loss_curve", "samples": items[:3], "status": "ok"},
+        ]
+        cell = {"model": "m", "adapter": "lora-r8", "seed": 1, "precision": precision}
+        record = {"schema": 1, "cell_id": name, "cell": cell, "status": "ok", "rows": rows}
+        (cells / f"{name}.json").write_text(json.dumps(record))
+    table = paired_table([tmp_path], ["run"])
+    assert list(table["metric"]) == ["heldout_loss_after"]
+    assert table.iloc[0]["difference"] == 0.2 and table.iloc[0]["items"] == 10
