@@ -176,12 +176,16 @@ def test_code_hash_follows_measuring_code_not_rendering(tmp_path) -> None:
     from harness.measure.env import code_hash as cached
 
     code_hash = cached.__wrapped__  # the cache keeps one answer per root
-    for name in ("workloads/inference.py", "report/plots.py", "commands/show.py", "cli.py"):
+    names = (
+        "workloads/inference.py", "report/plots.py", "commands/show.py", "cli.py", "results.py"
+    )
+    for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x = 1\n")
     before = code_hash(tmp_path)
     (tmp_path / "report/plots.py").write_text("x = 2\n")
     (tmp_path / "cli.py").write_text("x = 2\n")
+    (tmp_path / "results.py").write_text("x = 2\n")
     assert code_hash(tmp_path) == before
     (tmp_path / "workloads/inference.py").write_text("x = 2\n")
     assert code_hash(tmp_path) != before

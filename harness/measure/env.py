@@ -142,20 +142,29 @@ def _nvidia_driver() -> str | None:
 
 RENDERING_ONLY = ("report/", "commands/", "cli.py", "summary.py")
 """Sources that read stored results and never take part in a measurement (figures, tables,
-the command line): left out of the code hash, so editing a plot keeps stored cells current."""
+the command line)."""
+STORAGE_AND_LAUNCH = (
+    "results.py", "results_dir.py", "paths.py",
+    "runner/matrix.py", "runner/local.py", "runner/ray_cluster.py",
+)
+"""Sources that store records, lay out results directories and hand cells to processes: they
+move numbers around but never compute one (the cell process itself, ``runner/cell.py`` and
+``runner/worker.py``, stays in the hash)."""
+NOT_MEASURING = RENDERING_ONLY + STORAGE_AND_LAUNCH
+"""Left out of the code hash, so editing a plot or the store keeps stored cells current."""
 
 
 @lru_cache(maxsize=4)
 def code_hash(root: Path | None = None) -> str:
     """SHA-256 (16 hex) of the harness sources that can change a measurement.
 
-    Unlike ``git_sha`` it ignores documentation, tests, results and :data:`RENDERING_ONLY`,
+    Unlike ``git_sha`` it ignores documentation, tests, results and :data:`NOT_MEASURING`,
     so a commit that touches only those does not make stored measurements look foreign.
     """
     root = root or Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        if path.relative_to(root).as_posix().startswith(RENDERING_ONLY):
+        if path.relative_to(root).as_posix().startswith(NOT_MEASURING):
             continue
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
