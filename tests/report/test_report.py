@@ -43,8 +43,9 @@ def test_failed_cells_appear_with_their_status(full_report: Path) -> None:
 
 def test_report_has_claims_prediction_and_environment(full_report: Path) -> None:
     md = (full_report / "report.md").read_text()
-    assert "| int8-quarter-of-fp32-layers | cpu | reproduced |" in md
-    assert "| tf32-speedup | cpu | not measured |" in md
+    assert "| int8-quarter-of-fp32-layers | cpu, gpu | reproduced |" in md  # one verdict, both runs
+    assert re.search(r"Not measured by these runs \(\d+\): [^\n]*tf32-speedup", md)
+    assert "| tf32-speedup |" not in md
     # the memory model beside what cells measured: fp32 weights agree to the byte, the KV
     # cache exactly, and the per-phase summary states the targets
     section = md.split("## Memory model against measurement")[1].split("\n## ")[0]
@@ -65,7 +66,9 @@ def test_missing_metrics_skip_figures_with_a_note(tmp_path: Path, make_table) ->
     md = (out / "report.md").read_text()
     for name in ("training_memory", "accuracy_vs_bits", "throughput", "lora_peak_memory"):
         assert not (out / f"{name}.png").exists()
-    assert md.count("Not drawn: these results lack") == 6
+    left_out = md.split("## Not in this report")[1]
+    assert left_out.count("these results lack") == 6
+    assert "## Training memory" not in md  # a figure that cannot be drawn gets no heading
     assert (out / "memory_breakdown.png").is_file()
 
 
@@ -95,8 +98,10 @@ def test_capped_cells_are_listed_with_why(full_report: Path, make_table) -> None
     from harness.report import capped_table
 
     md = (full_report / "report.md").read_text()
-    section = md.split("## Capped budgets")[1].split("\n## ")[0]
-    assert "Every cell ran the budget its experiment asks for." in section
+    section = md.split("## Capped budgets")[1].split("\n## ")[0] if "## Capped" in md else ""
+    assert not section  # nothing capped: no section, named once at the end instead
+    left_out = md.split("## Not in this report")[1]
+    assert "Capped budgets (every cell ran the budget its experiment asks for)" in left_out
     frame = make_table().assign(run="cpu")
     row = frame[frame["precision"] == "bf16"].iloc[[0]].copy()
     row["metric"], row["method"] = "budget.capped", "projected 300 s, over the 90 s cell target"
@@ -104,3 +109,32 @@ def test_capped_cells_are_listed_with_why(full_report: Path, make_table) -> None
     assert capped[["precision", "why and caps"]].values.tolist() == [
         ["bf16", "projected 300 s, over the 90 s cell target"]
     ]
+
+
+def test_the_first_screen_leads_with_the_answer(full_report: Path) -> None:
+    md = (full_report / "report.md").read_text()
+    first = md.split("\n## ")[1]
+    assert first.startswith("Overview")
+    assert "| precision | adapter | bits/param |" in first  # the headline table
+    assert "| cpu | int8 | none | 13.10 | 12.950 | 220 | 234 |" in first  # bits, ppl, MB
+    assert "- int8-quarter-of-fp32-layers: reproduced" in first  # verdicts, one line each
+    assert "- [Cells not ok](#cells-not-ok)" in first  # contents, linked
+    page = (full_report / "report.html").read_text()
+    assert '<a href="#cells-not-ok">' in page and '<h2 id="cells-not-ok">' in page
+
+
+def test_paired_section_keeps_only_clear_differences_on_enough_items() -> None:
+    from harness.report.render import MIN_PAIRED_ITEMS, paired_section
+
+    paired = pd.DataFrame([
+        {"precision": "int8", "metric": "window NLL", "difference": 0.1, "95% interval": "x",
+         "significant": "yes", "items": 40},
+        {"precision": "nf4", "metric": "window NLL", "difference": 0.0, "95% interval": "y",
+         "significant": "no", "items": 40},
+        {"precision": "fp4", "metric": "window NLL", "difference": 0.3, "95% interval": "z",
+         "significant": "yes", "items": MIN_PAIRED_ITEMS - 8},
+    ])
+    section = paired_section(paired)
+    (table,) = [v for kind, v in section.blocks if kind == "table"]
+    assert list(table["precision"]) == ["int8"] and "significant" not in table
+    assert "2 of 3 comparisons left out" in section.blocks[0][1]
