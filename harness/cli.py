@@ -271,6 +271,11 @@ def show(
         bool, typer.Option("--json", help="Print one JSON object per cell (the summary's "
                            "columns) instead of a table.")
     ] = False,
+    reference: Annotated[
+        Path | None, typer.Option(help="Another results directory (e.g. the committed "
+                                  "results/default) to show beside these: yours / reference "
+                                  "(ratio) per cell, and how the environments differ.")
+    ] = None,
 ) -> None:
     """The summary table of a results directory, without running anything.
 
@@ -294,6 +299,28 @@ def show(
     note = foreign_note(results)
     if note:
         console.print(note, highlight=False, markup=False)
+    if reference is not None:
+        _show_beside(results, reference)
+
+
+def _show_beside(results: Path, reference: Path) -> None:
+    from rich.table import Table
+
+    from harness.commands.show import beside_reference
+
+    try:
+        table, env = beside_reference(results, reference)
+    except (HarnessError, OSError) as exc:
+        fail(exc)
+    shown = Table(title=f"{results} beside {reference}: yours / reference (ratio)")
+    for column in table.columns:
+        shown.add_column(str(column))
+    for row in table.itertuples(index=False):
+        shown.add_row(*(str(v) for v in row))
+    console.print(shown if len(table) else f"no cell of {results} is also in {reference}")
+    if env:
+        console.print("Environment (reference, here yours): " + "; ".join(env),
+                      highlight=False, markup=False)
 
 
 def _quiet() -> Console:

@@ -163,3 +163,21 @@ def test_show_names_a_damaged_cell(tmp_path: Path, experiment: Path) -> None:
     result = runner.invoke(app, ["show", str(out)], terminal_width=200)
     assert result.exit_code == 0
     assert f"{cells[0].id}.json" in result.output and "left out" in result.output
+
+
+def test_show_beside_a_reference_gives_ratios_and_environment(
+    tmp_path: Path, experiment: Path
+) -> None:
+    cells = expand(load_experiment(experiment), "cpu")
+    mine, ref = tmp_path / "mine", tmp_path / "ref"
+    _store(mine, cells, value=12.5)
+    for cell in cells[:1]:  # the reference measured one cell, on another CPU
+        row = {"workload": "perplexity", "metric": "perplexity", "value": 10.0, "n": 4}
+        env = {**ENV, "device_name": "other cpu"}
+        write_record(ref, cell, make_record(cell, "ok", [row], env=env, duration_s=1.0))
+    result = runner.invoke(app, ["show", str(mine), "--reference", str(ref)],
+                           terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "12.500 / 10.000 (1.25x)" in result.output
+    assert result.output.count("12.500 /") == 1  # only the cell both measured
+    assert "device_name 'other cpu' (here 'test cpu')" in result.output
