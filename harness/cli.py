@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and "harness[ray]" stay
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and "...[ray]" stay
 )
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables stay whole.
 console = Console() if Console().is_terminal else Console(width=160)
@@ -68,7 +68,7 @@ def run(
         str,
         typer.Option(
             help="local: one cell at a time on this machine. ray: cells as concurrent Ray "
-            "tasks on a cluster (pip install 'harness[ray]')."
+            "tasks on a cluster (pip install 'quant-peft-harness[ray]')."
         ),
     ] = "local",
     ray_address: Annotated[
@@ -337,12 +337,17 @@ def _maybe_json(rows: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(rows, indent=1, default=str))
 
 
+DISTRIBUTION = "quant-peft-harness"
+"""The name on the package index (``harness`` there is another project); the command and the
+import name stay ``harness``."""
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            print(f"harness {version('harness')}")
+            print(f"harness {version(DISTRIBUTION)}")
         except PackageNotFoundError:
             print("harness (not installed as a package)")
         raise typer.Exit()

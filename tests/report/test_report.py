@@ -138,3 +138,43 @@ def test_paired_section_keeps_only_clear_differences_on_enough_items() -> None:
     (table,) = [v for kind, v in section.blocks if kind == "table"]
     assert list(table["precision"]) == ["int8"] and "significant" not in table
     assert "2 of 3 comparisons left out" in section.blocks[0][1]
+
+
+def _cell_rows(cell_id: str, precision: str, adapter: str, metric: str, value: float,
+               stat: str | None = "median") -> dict:
+    return {"run": "r", "model": "m", "cell_id": cell_id, "precision": precision,
+            "adapter": adapter, "metric": metric, "value": value, "stat": stat,
+            "status": "ok", "cell_status": "ok", "rank": None, "seed": 0}
+
+
+def test_throughput_bars_keep_adapters_apart() -> None:
+    from harness.report import normalize
+    from harness.report.plots import throughput
+
+    frame = normalize(pd.DataFrame([
+        _cell_rows("a", "fp32", "none", "prefill_tokens_per_s", 65.0),
+        _cell_rows("b", "fp32", "lora-r8", "prefill_tokens_per_s", 369.0),
+    ]))
+    ax = throughput(frame).axes[0]
+    heights = sorted(round(p.get_height()) for p in ax.patches)
+    assert heights == [65, 369], "one bar per precision and adapter, never their mean"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fp32 · none", "fp32 · lora-r8"]
+
+
+def test_many_accuracy_panels_wrap_and_draw_intervals() -> None:
+    from harness.report import normalize
+    from harness.report.plots import MAX_COLUMNS, accuracy_vs_bits
+
+    rows = []
+    for i, prec in enumerate(("fp32", "int8")):
+        rows.append(_cell_rows(f"c{i}", prec, "none", "bits_per_param", 32.0 / (i + 1), None))
+        for task in range(9):
+            row = _cell_rows(f"c{i}", prec, "none", f"acc.task{task}", 0.5 + 0.01 * i, None)
+            rows.append({**row, "ci_low": 0.4, "ci_high": 0.6})
+    fig = accuracy_vs_bits(normalize(pd.DataFrame(rows)))
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 9
+    width, _ = fig.get_size_inches()
+    assert width <= MAX_COLUMNS * 5.8 + 0.01  # wrapped into rows, not one 9-panel strip
+    assert visible[0].collections and any(
+        len(c.get_segments()) for c in visible[0].collections if hasattr(c, "get_segments"))
