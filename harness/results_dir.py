@@ -5,6 +5,7 @@ results/NAME/cells/<cell_id>.json          the record (written atomically: the t
 results/NAME/cells/.<cell_id>.pending.json where a cell process writes before it is stored
 results/NAME/logs/<cell_id>.log            the cell's output
 results/NAME/elsewhere/<fp>/cells/...      records from another environment, kept when replaced
+results/NAME/damaged/<cell_id>.<time>.json damaged records, set aside before their cell reruns
 results/NAME/.lock                         held by the one run writing here
 ```
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,10 +35,12 @@ from harness.results import (
     cell_path,
     read_record,
     record_fingerprint,
+    warn_stderr,
     write_record,
 )
 
 ELSEWHERE = "elsewhere"
+DAMAGED = "damaged"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class ResultsDir:
 
     def decide(self, cell: Cell, policy: ReusePolicy) -> Decision:
         """Reuse the stored record, or run the cell (archiving a foreign record first)."""
+        self._set_aside_if_damaged(cell)
         record = None if policy.force else self.stored(cell)
         if record is None:
             self._archive_if_foreign(cell, policy)
@@ -126,6 +131,23 @@ class ResultsDir:
             self._archive_if_foreign(cell, policy)
             return Decision(None, [])
         return Decision(record, foreign)
+
+    def _set_aside_if_damaged(self, cell: Cell) -> Path | None:
+        """Move an unreadable record to ``damaged/`` (and say so) so a rerun never replaces
+        it unseen; returns where it went."""
+        path = self.record_path(cell)
+        if not path.is_file():
+            return None
+        try:
+            read_record(path)
+            return None
+        except HarnessError as exc:
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            target = self.root / DAMAGED / f"{path.stem}.{stamp}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            warn_stderr(f"{exc}; set aside as {target}, the cell runs again")
+            return target
 
     def _archive_if_foreign(self, cell: Cell, policy: ReusePolicy) -> None:
         """Keep a record from another environment under ``elsewhere/`` before it is replaced."""

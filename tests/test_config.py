@@ -140,14 +140,20 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(
     assert expand(exp, "auto")[0].device == "cpu"
 
 
-def test_readme_example_experiment_validates(tmp_path: Path) -> None:
+def test_documented_example_experiments_validate(tmp_path: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"## An experiment file\n\n```yaml\n(.*?)```", readme, re.S)
-    assert block, "README lost its example experiment"
-    exp = load_experiment(write_experiment(tmp_path / "readme.yaml", block.group(1)))
+    root = Path(__file__).resolve().parent.parent
+    cli = (root / "docs" / "cli.md").read_text()
+    block = re.search(r"## An experiment file\n\n```yaml\n(.*?)```", cli, re.S)
+    assert block, "docs/cli.md lost its example experiment"
+    exp = load_experiment(write_experiment(tmp_path / "cli.yaml", block.group(1)))
     assert "accuracy" in exp.workloads.enabled() and exp.precisions[-1].options
+    readme = (root / "README.md").read_text()
+    own = re.search(r"## On your own model and GPU\n.*?```yaml\n(.*?)```", readme, re.S)
+    assert own, "README lost its own-model example"
+    exp = load_experiment(write_experiment(tmp_path / "own.yaml", own.group(1)))
+    assert exp.workloads.finetune.enabled and exp.workloads.finetune.data.startswith("hf:")
 
 
 def test_a_cell_target_changes_cpu_ids_only_where_set() -> None:

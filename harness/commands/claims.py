@@ -1,11 +1,13 @@
 """``harness claims``: each published claim against one or more results directories.
 
-Two tables: verdicts measured on the runs given, and apart from them the predictions at the
-published scale (memory model on the published architecture, with its measured error band).
+Two tables: one verdict per claim from all the runs given (``claims.combine``), and apart from
+them the predictions at the published scale (memory model on the published architecture, with
+its measured error band).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,22 +57,36 @@ def check_claims(
     registry: Path | None = None,
     labels: list[str] | None = None,
     console: Console | None = None,
+    as_json: bool = False,
 ) -> Any:
-    """Print the measured verdicts and the predictions at scale; returns the verdict table."""
+    """Print one verdict per claim from all the runs given (the claims no run measured in one
+    line) and the predictions at scale; returns the verdict table. ``as_json`` prints both
+    tables as one JSON object instead."""
     from harness.report import load_runs, run_labels
     from harness.report.claim_interval import load_samples
-    from harness.report.claims import evaluate, load_claims, verdict_table
+    from harness.report.claims import NOT_MEASURED, combine, evaluate, load_claims, verdict_table
     from harness.report.claims_scale import at_scale_table, measured_error_band
 
     console = console or Console()
     frame = load_runs(dirs, labels)
     claims = load_claims(registry)
     samples = load_samples(list(dirs), labels or run_labels(dirs))
-    verdicts = verdict_table(evaluate(claims, frame, samples))
-    console.print(_measured_table(verdicts))
-    counts = verdicts["verdict"].value_counts().to_dict()
-    console.print(", ".join(f"{n} {v}" for v, n in counts.items()))
+    verdicts = verdict_table(combine(evaluate(claims, frame, samples)))
     predicted = at_scale_table(claims, measured_error_band(frame))
+    if as_json:
+        print(json.dumps({"measured": verdicts.to_dict(orient="records"),
+                          "predicted_at_scale": predicted.to_dict(orient="records")},
+                         indent=1, default=str))
+        return verdicts
+    unmeasured = verdicts[verdicts["verdict"] == NOT_MEASURED]
+    measured = verdicts[verdicts["verdict"] != NOT_MEASURED]
+    if len(measured):
+        console.print(_measured_table(measured))
+    counts = measured["verdict"].value_counts().to_dict()
+    console.print(", ".join(f"{n} {v}" for v, n in counts.items()) or "no claim measured")
+    if len(unmeasured):
+        console.print(f"Not measured by these runs ({len(unmeasured)}): "
+                      + ", ".join(dict.fromkeys(unmeasured["claim"])), highlight=False)
     if len(predicted):
         console.print(_predicted_table(predicted))
     return verdicts

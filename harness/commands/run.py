@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from harness.commands.matrix_checks import check_matrix
 from harness.config import check_device, expand, load_experiment
 from harness.errors import HarnessError
-from harness.paths import repo_root
 from harness.results import FAILED, collect
 from harness.results_dir import ReusePolicy
 from harness.runner.matrix import LAUNCHERS, CellOutcome, run_cells
@@ -76,12 +77,15 @@ def run_experiment(
     exp = load_experiment(path)
     if device is not None:
         check_device(device)
-    cells = expand(exp, device)
+    matrix = expand(exp, device)
+    cells = matrix
     if only:
-        cells = [c for c in cells if fnmatch.fnmatch(c.id, only)]
+        cells = [c for c in matrix if fnmatch.fnmatch(c.id, only)]
         if not cells:
             raise HarnessError(f"--only '{only}' matches no cell of {exp.name}")
-    out_dir = out or _default_out(exp.name)
+    out_dir = Path(out) if out else default_out(exp.name)
+    check_writable(out_dir)
+    check_matrix(cells)
     where = "" if launch.launcher == "local" else f" on Ray ({launch.cpus_per_cell} cores/cell)"
     console.print(f"[bold]{exp.name}[/]: {len(cells)} cells{where} -> {out_dir}")
     with _progress(console) as progress:
@@ -106,7 +110,7 @@ def run_experiment(
 
         policy = ReusePolicy(force, retry_failed, keep_foreign)
         outcomes = launch.run(cells, out_dir, policy, on_start=on_start, on_done=on_done)
-    frame = collect(out_dir, cells)
+    frame = collect(out_dir, matrix)  # the whole matrix: --only never drops stored cells
     console.print(summary_table(frame, exp.name))
     result = RunResult(frame, outcomes)
     _print_totals(console, result, out_dir)
@@ -136,9 +140,19 @@ def _print_totals(console: Console, result: RunResult, out_dir: Path) -> None:
         )
 
 
-def _default_out(name: str) -> Path:
-    root = Path.cwd() if (Path.cwd() / "experiments").is_dir() else repo_root()
-    return root / "results" / name
+def default_out(name: str) -> Path:
+    """``./results/NAME`` under the current directory (never inside an installed package)."""
+    return Path.cwd() / "results" / name
+
+
+def check_writable(out_dir: Path) -> None:
+    """A results directory that is a file, or that cannot be created or written, is bad input
+    named by its path, found before any cell runs."""
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise HarnessError(f"results directory {out_dir}: {existing} is a file, not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise HarnessError(f"results directory {out_dir}: {existing} is not writable")
 
 
 def _progress(console: Console) -> Progress:

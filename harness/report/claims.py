@@ -242,6 +242,42 @@ def evaluate(claims: list[Claim], frame: Any, samples: Samples | None = None) ->
     ]
 
 
+DISAGREE = "runs disagree (undecided)"
+
+
+def combine(verdicts: list[Verdict]) -> list[Verdict]:
+    """One verdict per claim and model from every run's evidence.
+
+    Runs that measured a claim decide it: one run, its verdict; several that agree, that
+    verdict with every run and cell named; several that disagree, ``DISAGREE`` with each run's
+    verdict in the note (they come from different cells or machines, so neither is dropped).
+    A claim no run measured stays one "not measured" verdict.
+    """
+    groups: dict[tuple[str, str], list[Verdict]] = {}
+    for v in verdicts:
+        groups.setdefault((v.claim.id, v.model), []).append(v)
+    out = []
+    for group in groups.values():
+        measured = [v for v in group if v.verdict != NOT_MEASURED]
+        if not measured:
+            out.append(group[0])
+            continue
+        if len(measured) == 1:
+            out.append(measured[0])
+            continue
+        runs = ", ".join(v.run for v in measured)
+        cells = [c for v in measured for c in v.cells]
+        first = measured[0]
+        if len({v.verdict for v in measured}) == 1:
+            out.append(Verdict(first.claim, runs, first.model, first.verdict, first.measured,
+                               first.detail, cells, first.interval, first.method))
+            continue
+        note = "; ".join(f"{v.run}: {v.verdict}" + (f" {v.measured:g}" if v.measured is not None
+                                                     else "") for v in measured)
+        out.append(Verdict(first.claim, runs, first.model, DISAGREE, detail=note, cells=cells))
+    return out
+
+
 def _tolerance_text(claim: Claim) -> str:
     if not claim.tolerance:
         return ""

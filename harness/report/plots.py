@@ -44,7 +44,9 @@ class FigureSpec:
     build: Callable[[Any], Any]
 
 
-def _grid(n_panels: int, rows: int = 1, width: float = 5.6, height: float = 4.0) -> Any:
+def _grid(n_panels: int, rows: int = 1, width: float = 5.6, height: float = 4.0,
+          sharey: bool | str = False) -> Any:
+    """``rows`` x ``n_panels`` axes; ``sharey`` puts runs compared side by side on one scale."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(
@@ -53,8 +55,31 @@ def _grid(n_panels: int, rows: int = 1, width: float = 5.6, height: float = 4.0)
         figsize=(width * n_panels, height * rows),
         squeeze=False,
         constrained_layout=True,
+        sharey=sharey,
     )
     return fig, axes
+
+
+MAX_COLUMNS = 4
+"""Panels per row before a figure wraps, so it stays readable at any matrix size."""
+
+
+def _wrapped(n_panels: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """At most ``MAX_COLUMNS`` panels per row; the unused axes of the last row are hidden."""
+    import math
+
+    cols = min(n_panels, MAX_COLUMNS)
+    rows = math.ceil(n_panels / cols)
+    fig, axes = _grid(cols, rows=rows, width=width, height=height)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, flat[:n_panels]
+
+
+def cell_label(precision: Any, adapter: Any, adapters: int) -> str:
+    """``precision`` alone when a panel holds one adapter, else ``precision · adapter``."""
+    return str(precision) if adapters <= 1 else f"{precision} · {adapter}"
 
 
 def _xticks(ax: Any, labels: list[str]) -> None:
@@ -83,7 +108,7 @@ def _stacked(
     div, unit = human_bytes_unit(sel.groupby(["run", "cell_id"])["value"].sum().max())
     plist = panels(sel)
     most = max(rows["cell_id"].nunique() for _, rows in plist)
-    fig, axes = _grid(len(plist), width=max(6.4, 0.55 * most + 1.5), height=4.6)
+    fig, axes = _grid(len(plist), width=max(6.4, 0.55 * most + 1.5), height=4.6, sharey=True)
     for ax, (title, rows) in zip(axes[0], plist, strict=True):
         cells = rows.drop_duplicates("cell_id")  # rows: already one per cell and metric
         order = sorted(
@@ -123,8 +148,10 @@ def _stacked(
 
 
 def memory_breakdown(frame: Any) -> Any:
+    adapters = frame["adapter"].nunique()
     return _stacked(
-        frame, "bytes.", FOOTPRINT_CATS, lambda c: str(c.precision), "stored weight bytes"
+        frame, "bytes.", FOOTPRINT_CATS, lambda c: cell_label(c.precision, c.adapter, adapters),
+        "stored weight bytes",
     )
 
 
@@ -138,6 +165,8 @@ def memory_saving(frame: Any) -> Any:
     """Times smaller than fp32 / fp16: solid bars quantized layers, hatched bars whole model."""
     if not len(metric_values(frame, "saving_vs_fp32.model")):
         return None
+    if (frame["adapter"] == "none").any():  # a saving of the base model, not of its adapters
+        frame = frame[frame["adapter"] == "none"]
     plist = panels(frame)
     fig, axes = _grid(len(plist), rows=2, width=6.2, height=3.6)
     for col, (title, rows) in enumerate(plist):
@@ -227,38 +256,54 @@ def _quality_vs_bits(frame: Any, metrics: list[str], ylabel: str, higher_better:
     if not metrics or not len(bits):
         return None
     plist = [(t, r, m) for t, r in panels(frame) for m in metrics]
-    fig, axes = _grid(len(plist), width=5.8, height=4.4)
-    for ax, (title, rows, metric) in zip(axes[0], plist, strict=True):
-        q = metric_values(rows, metric).groupby("cell_id")["value"].mean()
-        b = _layer_bits(rows)
-        labelled = []
-        for cell_id, y in q.items():
-            if cell_id in b.index:
-                prec, x = b.loc[cell_id, "precision"], float(b.loc[cell_id, "value"])
-                ax.scatter(x, y, s=60, color=precision_color(prec), edgecolor="black", zorder=3)
-                labelled.append((x, float(y), str(prec)))
-        points = [(x, y) for x, y, _ in labelled]
-        if points and max(p[1] for p in points) > 5 * max(min(p[1] for p in points), 1e-9):
-            ax.set_yscale("log")
-        if points and max(p[0] for p in points) > 4 * max(min(p[0] for p in points), 1e-9):
-            ax.set_xscale("log", base=2)  # 3, 4, 8, 16, 32 bits spread evenly
-        _labels(ax, labelled)
-        front = _pareto(points, higher_better)
-        if len(front) > 1:
-            ax.step(
-                *zip(*front, strict=True),
-                where="post",
-                color="#555",
-                linestyle="--",
-                linewidth=1,
-                label="Pareto frontier",
-                zorder=2,
-            )
-            ax.legend(loc="best")
+    fig, axes = _wrapped(len(plist), width=5.8, height=4.4)
+    for ax, (title, rows, metric) in zip(axes, plist, strict=True):
+        _quality_panel(ax, rows, metric, higher_better)
         ax.set_xlabel("bits per weight of the linear layers (bits; embeddings excluded)")
         ax.set_ylabel(ylabel if len(metrics) == 1 else f"{metric} ({ylabel})")
         ax.set_title(" · ".join(t for t in (title, "" if metric == "perplexity" else metric) if t))
     return fig
+
+
+def _quality_panel(ax: Any, rows: Any, metric: str, higher_better: bool) -> None:
+    """One point per cell with its interval; a Pareto frontier per adapter, so a LoRA cell
+    never sits on the base models' frontier."""
+    values = metric_values(rows, metric)
+    q = values.groupby("cell_id")[["value", "ci_low", "ci_high"]].mean() \
+        if "ci_low" in values else values.groupby("cell_id")[["value"]].mean()
+    b = _layer_bits(rows)
+    adapters = rows["adapter"].nunique()
+    labelled, by_adapter = [], {}
+    for cell_id, got in q.iterrows():
+        if cell_id not in b.index:
+            continue
+        prec, x, y = b.loc[cell_id, "precision"], float(b.loc[cell_id, "value"]), got["value"]
+        adapter = rows.loc[rows["cell_id"] == cell_id, "adapter"].iloc[0]
+        low, high = got.get("ci_low"), got.get("ci_high")
+        if low == low and high == high and low is not None and high is not None:
+            ax.errorbar(x, y, yerr=[[max(y - low, 0)], [max(high - y, 0)]], fmt="none",
+                        ecolor="#777", elinewidth=0.8, capsize=2, zorder=2)
+        ax.scatter(x, y, s=60, color=precision_color(prec), edgecolor="black", zorder=3,
+                   marker="o" if adapter == "none" else "s")
+        labelled.append((x, float(y), cell_label(prec, adapter, adapters)))
+        by_adapter.setdefault(adapter, []).append((x, float(y)))
+    points = [(x, y) for x, y, _ in labelled]
+    if points and max(p[1] for p in points) > 5 * max(min(p[1] for p in points), 1e-9):
+        ax.set_yscale("log")
+    if points and max(p[0] for p in points) > 4 * max(min(p[0] for p in points), 1e-9):
+        ax.set_xscale("log", base=2)  # 3, 4, 8, 16, 32 bits spread evenly
+    _labels(ax, labelled)
+    drawn = False
+    for adapter, group in by_adapter.items():
+        front = _pareto(group, higher_better)
+        if len(front) > 1:
+            name = "Pareto frontier" + (f" ({adapter})" if adapters > 1 else "")
+            ax.step(*zip(*front, strict=True), where="post", color="#555",
+                    linestyle="--" if adapter == "none" else ":", linewidth=1, label=name,
+                    zorder=2)
+            drawn = True
+    if drawn:
+        ax.legend(loc="best")
 
 
 def _layer_bits(rows: Any) -> Any:
@@ -305,32 +350,28 @@ def throughput(frame: Any) -> Any:
     if not present:
         return None
     plist = panels(frame)
-    fig, axes = _grid(len(present), rows=len(plist), width=4.8, height=3.6)
+    fig, axes = _grid(len(present), rows=len(plist), width=4.8, height=3.6, sharey="col")
+    adapters = frame["adapter"].nunique()
     for r, (title, rows) in enumerate(plist):
         for c, (metric, label) in enumerate(present):
             ax = axes[r][c]
-            med = metric_values(rows, metric, "median").groupby("precision")["value"].mean()
-            order = precision_order(med.index)
-            lo = metric_values(rows, metric, "p10").groupby("precision")["value"].mean()
-            hi = metric_values(rows, metric, "p90").groupby("precision")["value"].mean()
-            for i, prec in enumerate(order):
-                err = [
-                    [max(med[prec] - lo.get(prec, med[prec]), 0)],
-                    [max(hi.get(prec, med[prec]) - med[prec], 0)],
-                ]
-                ax.bar(
-                    i,
-                    med[prec],
-                    color=precision_color(prec),
-                    yerr=err,
-                    capsize=4,
-                    edgecolor="black",
-                    linewidth=0.4,
-                )
-            _xticks(ax, order)
+            by = ["precision", "adapter"]
+            med = metric_values(rows, metric, "median").groupby(by)["value"].mean()
+            lo = metric_values(rows, metric, "p10").groupby(by)["value"].mean()
+            hi = metric_values(rows, metric, "p90").groupby(by)["value"].mean()
+            precisions = precision_order(med.index.get_level_values(0))
+            order = sorted(med.index, key=lambda k: (precisions.index(k[0]), k[1] != "none",
+                                                     str(k[1])))
+            for i, key in enumerate(order):
+                err = [[max(med[key] - lo.get(key, med[key]), 0)],
+                       [max(hi.get(key, med[key]) - med[key], 0)]]
+                ax.bar(i, med[key], color=precision_color(key[0]), yerr=err, capsize=4,
+                       edgecolor="black", linewidth=0.4)
+            _xticks(ax, [cell_label(p, a, adapters) for p, a in order])
             ax.set_ylabel(label)
             ax.set_title(f"{title + ': ' if title else ''}{label.split(' (')[0]}")
-    fig.suptitle("median with p10-p90 error bars", fontsize=9)
+    fig.suptitle("median with p10-p90 error bars (one bar per precision and adapter)",
+                 fontsize=9)
     return fig
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report import capped_table, environment_table, problems_table
-from harness.report.claims import evaluate, load_claims, verdict_table
+from harness.report.claims import NOT_MEASURED, combine, evaluate, load_claims, verdict_table
 from harness.report.claims_scale import at_scale_table, measured_error_band
 from harness.report.finetune import (
     TABLE_NOTE,
@@ -26,6 +26,7 @@ from harness.report.finetune import (
     quality_vs_memory,
     records_for,
 )
+from harness.report.headline import headline_table, verdict_lines
 from harness.report.plots import FIGURES, FigureSpec
 from harness.report.style import apply_theme
 
@@ -36,6 +37,8 @@ class Section:
 
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
+    skipped: str | None = None
+    """Why the section does not apply to these results: left out, named once at the end."""
 
     def text(self, value: str) -> Section:
         self.blocks.append(("text", value))
@@ -48,6 +51,21 @@ class Section:
     def figure(self, stem: str) -> Section:
         self.blocks.append(("figure", stem))
         return self
+
+    def contents(self, titles: list[str]) -> Section:
+        self.blocks.append(("contents", titles))
+        return self
+
+    def skip(self, why: str) -> Section:
+        self.skipped = why
+        return self
+
+
+def anchor(title: str) -> str:
+    """The id of a section's heading (GitHub's rule for Markdown headings, used in HTML too)."""
+    import re
+
+    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
 
 
 def render_figures(frame: Any, out_dir: Path) -> list[Section]:
@@ -63,7 +81,7 @@ def draw_figure(spec: FigureSpec, frame: Any, out_dir: Path, section: Section) -
 
     fig = spec.build(frame)
     if fig is None:
-        return section.text(f"Not drawn: these results lack {spec.needs}.")
+        return section.skip(f"these results lack {spec.needs}")
     fig.savefig(out_dir / f"{spec.name}.png", bbox_inches="tight")
     fig.savefig(out_dir / f"{spec.name}.svg", bbox_inches="tight")
     plt.close(fig)
@@ -125,7 +143,7 @@ def memory_model_section(frame: Any) -> Section:
     section = Section("Memory model against measurement")
     table, notes = validate(frame)
     if not len(table):
-        return section.text("No cell with memory measurements to compare.")
+        return section.skip("no cell with memory measurements to compare")
     section.text(
         "Each ok cell predicted from its own settings (no weights loaded) beside what it "
         "measured: live tensors by component, their total, and the phase peak (live model "
@@ -148,68 +166,106 @@ def build_sections(
     """Every section in order. ``finetune_records`` (``finetune.load_records``) gives the
     fine-tuning part its per-item samples and curve steps; without them they are read from
     the directories ``load_runs`` noted, else taken from ``samples``."""
-    runs = ", ".join(dict.fromkeys(frame["run"]))
-    intro = Section("Overview").text(
-        f"Runs: {runs}. Models: {', '.join(dict.fromkeys(frame['model'].astype(str)))}. "
-        f"{frame['cell_id'].nunique()} cells, {len(frame)} result rows."
-    )
-    sections = [intro, *render_figures(frame, out_dir)]
+    registry = load_claims(claims_path)
+    verdicts = verdict_table(combine(evaluate(registry, frame, samples)))
+    sections = [*render_figures(frame, out_dir)]
     if has_finetune(frame):
         records = finetune_records if finetune_records is not None else records_for(frame, samples)
         sections += finetune_sections(frame, out_dir, records)
     problems = problems_table(frame)
     failed = Section("Cells not ok")
-    failed.table(problems) if len(problems) else failed.text("Every cell finished ok.")
+    failed.table(problems) if len(problems) else failed.skip("every cell finished ok")
     budget = Section("Capped budgets")
     capped = capped_table(frame)
     if len(capped):
         budget.text("These cells ran fewer tokens and items than the experiment asks for "
                     "(each workload's protocol names the budget it ran):").table(capped)
     else:
-        budget.text("Every cell ran the budget its experiment asks for.")
-    claims, at_scale = claims_sections(frame, claims_path, samples)
-    model = memory_model_section(frame)
-    env = Section("Environment").table(environment_table(frame))
-    significance = Section("Differences against fp32 (paired bootstrap)")
-    if paired is not None and len(paired):
-        significance.text(
-            "Item-by-item differences from the fp32 cell of the same model and "
-            "adapter: window NLL (positive = worse) and task items (negative = "
-            "worse), with 95% intervals."
-        )
-        significance.table(paired)
-    else:
-        significance.text("No fp32 cell with per-item samples to compare against.")
-    return sections + [failed, budget, significance, claims, at_scale, model, env]
+        budget.skip("every cell ran the budget its experiment asks for")
+    claims, at_scale = claims_sections(registry, verdicts, frame)
+    tail = [failed, budget, paired_section(paired), claims, at_scale,
+            memory_model_section(frame), Section("Environment").table(environment_table(frame))]
+    body = [s for s in sections + tail if s.skipped is None]
+    left_out = [s for s in sections + tail if s.skipped is not None]
+    if left_out:
+        body.append(Section("Not in this report").text(
+            "; ".join(f"{s.title} ({s.skipped})" for s in left_out) + "."))
+    return [overview(frame, verdicts, [s.title for s in body]), *body]
 
 
-def claims_sections(frame: Any, claims_path: Path | None, samples: Any) -> list[Section]:
-    """Measured verdicts (with intervals and cell ids), and apart from them the predictions."""
-    registry = load_claims(claims_path)
-    verdicts = verdict_table(evaluate(registry, frame, samples))
-    columns = [
-        "claim",
-        "run",
-        "verdict",
-        "measured",
-        "interval",
-        "expected",
-        "published",
-        "cells",
-        "scope",
-        "note",
-    ]
-    measured = Section("Published claims: measured").table(
-        verdicts[columns] if len(verdicts) else verdicts
-    )
+def overview(frame: Any, verdicts: Any, titles: list[str]) -> Section:
+    """The first screen: what was run, the headline table, the verdicts, the contents."""
+    env = frame.drop_duplicates("cell_id")
+    cpu = ", ".join(dict.fromkeys(env["device_name"].dropna().astype(str))) \
+        if "device_name" in env else ""
+    section = Section("Overview").text(
+        f"Runs: {', '.join(dict.fromkeys(frame['run']))}. "
+        f"Models: {', '.join(dict.fromkeys(frame['model'].astype(str)))}. "
+        f"{frame['cell_id'].nunique()} cells: precisions "
+        f"{', '.join(dict.fromkeys(frame['precision'].astype(str)))}; adapters "
+        f"{', '.join(dict.fromkeys(frame['adapter'].astype(str)))}; seeds "
+        f"{', '.join(str(s) for s in sorted(set(frame['seed'].dropna().astype(int))))}."
+        + (f" Measured on: {cpu}." if cpu else ""))
+    headline = headline_table(frame)
+    if len(headline):
+        section.text(HEADLINE_NOTE).table(headline)
+    lines = verdict_lines(verdicts)
+    if lines:
+        section.text("Published claims measured by these runs (details under Published "
+                     "claims):").text("\n".join(f"- {line}" for line in lines))
+    return section.contents(titles)
+
+
+HEADLINE_NOTE = (
+    "One row per precision and adapter (the mean over seeds where there are several); peaks "
+    "are the largest phase peak of live tensors plus process growth, MB = 1e6 bytes; "
+    "perplexity with its 95% interval over windows; throughput the median of repeats.")
+
+
+def paired_section(paired: Any) -> Section:
+    """Only the differences from fp32 whose interval excludes 0, measured on enough items."""
+    section = Section("Differences against fp32 (paired bootstrap)")
+    if paired is None or not len(paired):
+        return section.skip("no fp32 cell with per-item samples to compare against")
+    clear = paired[(paired["significant"] == "yes") & (paired["items"] >= MIN_PAIRED_ITEMS)]
+    hidden = len(paired) - len(clear)
+    section.text(
+        "Item-by-item differences from the fp32 cell of the same model, adapter and seed: "
+        "window NLL and held-out loss (positive = worse), task items and exact match "
+        f"(negative = worse), with 95% intervals; shown only where the interval excludes 0 "
+        f"and at least {MIN_PAIRED_ITEMS} items were paired ({hidden} of {len(paired)} "
+        "comparisons left out).")
+    if len(clear):
+        section.table(clear.drop(columns="significant"))
+    return section
+
+
+MIN_PAIRED_ITEMS = 10
+"""Below this many paired items a bootstrap interval is too rough to call a difference."""
+
+
+def claims_sections(registry: list, verdicts: Any, frame: Any) -> list[Section]:
+    """Measured verdicts (one per claim over every run, with intervals and cell ids), and
+    apart from them the predictions."""
+    columns = ["claim", "run", "verdict", "measured", "interval", "expected", "published",
+               "cells", "scope", "note"]
+    measured_rows = verdicts[verdicts["verdict"] != NOT_MEASURED] if len(verdicts) else verdicts
+    unmeasured = verdicts[verdicts["verdict"] == NOT_MEASURED] if len(verdicts) else verdicts
+    measured = Section("Published claims: measured")
+    if len(measured_rows):
+        measured.table(measured_rows[columns])
+    if len(unmeasured):
+        measured.text(f"Not measured by these runs ({len(unmeasured)}): "
+                      + ", ".join(dict.fromkeys(unmeasured["claim"])) + ".")
     predicted = at_scale_table(registry, measured_error_band(frame))
     at_scale = Section("Published claims: predicted at scale (memory model, not measured)")
+    if not len(predicted):
+        return [measured, at_scale.skip("no claim has a setting at scale")]
     at_scale.text(
         "The analytic memory model on the published architecture and setting; each prediction "
         "may be off by the model's largest relative error over the validated cells of these "
         "runs, and a verdict is undecided when that band straddles the threshold."
-    )
-    at_scale.table(predicted) if len(predicted) else at_scale.text("No claim has a setting.")
+    ).table(predicted)
     return [measured, at_scale]
 
 
@@ -235,6 +291,8 @@ def to_markdown(sections: list[Section], title: str) -> str:
                 out.append(value)
             elif kind == "table":
                 out.append(_md_table(value))
+            elif kind == "contents":
+                out.append("\n".join(f"- [{t}](#{anchor(t)})" for t in value))
             else:
                 out.append(f"![{s.title}]({value}.png)\n\n[SVG]({value}.svg)")
             out.append("")
@@ -249,10 +307,14 @@ color:#222}table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{bor
 def to_html(sections: list[Section], title: str, out_dir: Path) -> str:
     body = [f"<h1>{html.escape(title)}</h1>"]
     for s in sections:
-        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        body.append(f'<h2 id="{anchor(s.title)}">{html.escape(s.title)}</h2>')
         for kind, value in s.blocks:
             if kind == "text":
-                body.append(f"<p>{html.escape(value)}</p>")
+                body.append(f"<p>{html.escape(value)}</p>".replace("\n", "<br>"))
+            elif kind == "contents":
+                links = "".join(f'<li><a href="#{anchor(t)}">{html.escape(t)}</a></li>'
+                                for t in value)
+                body.append(f"<nav><ul>{links}</ul></nav>")
             elif kind == "table":
                 body.append(value.to_html(index=False, escape=True, na_rep="", border=0))
             else:

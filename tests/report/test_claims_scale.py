@@ -165,7 +165,7 @@ def test_report_shows_measured_and_predicted_claims_apart(full_report: Path) -> 
     md = (full_report / "report.md").read_text()
     measured, _, predicted = md.partition("## Published claims: predicted at scale")
     assert "## Published claims: measured" in measured and "qlora-65b-fits-48gb" in predicted
-    assert "| int8-quarter-of-fp32-layers | cpu | reproduced |" in measured
+    assert "| int8-quarter-of-fp32-layers | cpu, gpu | reproduced |" in measured
     assert "smollm2-135m__int8__none__cpu" in measured and "predicted:" not in measured
     # 48.6 GB predicted for QLoRA's setting: within a few percent of 48 GB, so the verdict
     # depends on the band the synthetic cells give
