@@ -54,15 +54,21 @@ def _rows(frame: Any, spec: dict[str, Any], memory: bool) -> Any:
     return rows.dropna(subset=["value"])
 
 
+METHOD_SETTINGS = frozenset({"lr"})
+"""Settings a training method chooses for itself (fine-tuning's ``lr`` for adapters, its
+``full_lr`` for full fine-tuning, as the papers compare them): no conflict between methods."""
+
+
 def conflicts(a: frozenset[str], b: frozenset[str]) -> list[str]:
     """Settings both sides' protocols name with different values (``tokens 4096/2048``): the
     two were measured differently, e.g. one cell on a capped budget. Settings only one side
-    names (a LoRA cell's adapter options) are no conflict."""
+    names (a LoRA cell's adapter options) and :data:`METHOD_SETTINGS` are no conflict."""
     out = []
     for pa in a:
         for pb in b:
             sa, sb = protocol_settings(pa), protocol_settings(pb)
-            out += [f"{k} {sa[k]}/{sb[k]}" for k in sorted(sa.keys() & sb.keys()) if sa[k] != sb[k]]
+            shared = sorted((sa.keys() & sb.keys()) - METHOD_SETTINGS)
+            out += [f"{k} {sa[k]}/{sb[k]}" for k in shared if sa[k] != sb[k]]
     return sorted(set(out))
 
 

@@ -84,3 +84,12 @@ def test_lora_clearly_worse_than_full_is_not_reproduced():
     verdict = by_id(frame, samples)["lora-matches-full-finetuning"]
     assert verdict.verdict == "not reproduced"
     assert verdict.interval[0] == pytest.approx(0.3) and verdict.method == SEEDS
+
+
+def test_a_methods_own_learning_rate_is_no_conflict() -> None:
+    from harness.report.claim_cells import conflicts
+
+    lora = frozenset({"data=builtin;steps=8;lr=0.001"})
+    full = frozenset({"data=builtin;steps=8;lr=5e-05"})
+    assert conflicts(lora, full) == []
+    assert conflicts(lora, frozenset({"data=builtin;steps=4;lr=5e-05"})) == ["steps 8/4"]
