@@ -68,7 +68,7 @@ def run(
         str,
         typer.Option(
             help="local: one cell at a time on this machine. ray: cells as concurrent Ray "
-            "tasks on a cluster (pip install 'quant-peft-harness[ray]')."
+            "tasks on a cluster (pip install 'harness[ray]')."
         ),
     ] = "local",
     ray_address: Annotated[
@@ -337,17 +337,12 @@ def _maybe_json(rows: list[dict[str, Any]], as_json: bool) -> None:
         print(json.dumps(rows, indent=1, default=str))
 
 
-DISTRIBUTION = "quant-peft-harness"
-"""The name on the package index (``harness`` there is another project); the command and the
-import name stay ``harness``."""
-
-
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            print(f"harness {version(DISTRIBUTION)}")
+            print(f"harness {version('harness')}")
         except PackageNotFoundError:
             print("harness (not installed as a package)")
         raise typer.Exit()

@@ -96,7 +96,7 @@ def test_two_cell_matrix_on_builtin_model_through_cli(tmp_path: Path) -> None:
 def test_run_help_keeps_defaults_and_extras_visible() -> None:
     result = runner.invoke(app, ["run", "--help"], terminal_width=200)
     assert result.exit_code == 0
-    expected = ("[default: ./results/NAME]", "quant-peft-harness[ray]", "--launcher",
+    expected = ("[default: ./results/NAME]", "harness[ray]", "--launcher",
                 "--cpus-per-cell")
     for text in expected:
         assert text in result.output

@@ -9,7 +9,7 @@ fight over cores, and ``torch_threads`` in every row says what a throughput figu
 
 Every node needs the harness installed (same version: ``git_sha`` and library versions are
 recorded per row, so a mismatch shows in the results). Ray is an optional dependency
-(``pip install 'quant-peft-harness[ray]'``).
+(``pip install 'harness[ray]'``).
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError:
         raise HarnessError(
-            "the ray launcher needs Ray, which is not installed: "
-            "pip install 'quant-peft-harness[ray]'"
+            "the ray launcher needs Ray, which is not installed: pip install 'harness[ray]'"
         ) from None
     return ray
 

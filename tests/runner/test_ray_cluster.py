@@ -90,7 +90,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path, cells) -> None:
     from harness.runner.ray_cluster import run_matrix_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(HarnessError, match="pip install 'quant-peft-harness\\[ray\\]'"):
+    with pytest.raises(HarnessError, match="pip install 'harness\\[ray\\]'"):
         run_matrix_ray(cells, tmp_path / "out")
     with pytest.raises(HarnessError, match="at least 1"):
         run_matrix_ray(cells, tmp_path / "out", cpus_per_cell=0)
