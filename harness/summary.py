@@ -21,7 +21,7 @@ KEY_METRICS = [
     ("heldout_exact_match_after", None, "exact match after", "{:.2f}"),
     ("finetune_peak_bytes", None, "finetune peak MB", "{:.0f}"),
 ]
-_SCALE = {"bytes.total": 1e-6, "train_peak_bytes": 1e-6, "finetune_peak_bytes": 1e-6}
+SCALE = {"bytes.total": 1e-6, "train_peak_bytes": 1e-6, "finetune_peak_bytes": 1e-6}
 _MARK = {"ok": "[green]✓[/]", "skipped": "[yellow]-[/]", "diverged": "[red]↯[/]",
          "no_learning": "[yellow]=[/]"}  # fmt: skip
 
@@ -34,7 +34,7 @@ def _value(rows: list[dict[str, Any]], metric: str, stat: str | None) -> float |
 
 
 def _fmt(metric: str, value: float | None, fmt: str) -> str:
-    return "" if value is None else fmt.format(value * _SCALE.get(metric, 1.0))
+    return "" if value is None else fmt.format(value * SCALE.get(metric, 1.0))
 
 
 def cell_line(outcome: Any) -> str:

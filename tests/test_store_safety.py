@@ -139,8 +139,8 @@ def test_an_unknown_hub_model_is_refused_once_before_any_cell(
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(path), "--out", str(out)], terminal_width=200)
     assert result.exit_code == 2
-    assert "model 'nobody-here/no-such-model' cannot be had" in result.output
-    assert result.output.count("cannot be had") == 1 and not out.exists()
+    assert "cannot read the config of nobody-here/no-such-model" in result.output
+    assert result.output.count("cannot read the config") == 1 and not out.exists()
 
 
 def test_a_rank_above_the_model_width_is_refused_before_running(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def beside_reference(results: Path, reference: Path) -> tuple[Any, list[str]]:
     import pandas as pd
 
     from harness.results import load_table
-    from harness.summary import _SCALE, KEY_METRICS, wide
+    from harness.summary import KEY_METRICS, SCALE, wide
 
     yours, ref = wide(load_table(results)), wide(load_table(reference))
     keys = ["model", "precision", "adapter", "seed"]
@@ -45,7 +45,7 @@ def beside_reference(results: Path, reference: Path) -> tuple[Any, list[str]]:
             mine, theirs = row.get(title), row.get(f"{title} (reference)")
             if pd.isna(mine) and pd.isna(theirs):
                 continue
-            out[title] = _pair(mine, theirs, fmt, _SCALE.get(metric, 1.0))
+            out[title] = _pair(mine, theirs, fmt, SCALE.get(metric, 1.0))
         rows.append(out)
     return pd.DataFrame(rows), _environment_differences(results, reference)
 

@@ -116,7 +116,7 @@ def test_the_first_screen_leads_with_the_answer(full_report: Path) -> None:
     first = md.split("\n## ")[1]
     assert first.startswith("Overview")
     assert "| precision | adapter | bits/param |" in first  # the headline table
-    assert "| cpu | int8 | none | 13.10 | 12.950 | 220 | 234 |" in first  # bits, ppl, MB
+    assert "| cpu | int8 | none | 13.10 | 220 | 12.950 | 234 |" in first  # bits, MB, ppl, peak
     assert "- int8-quarter-of-fp32-layers: reproduced" in first  # verdicts, one line each
     assert "- [Cells not ok](#cells-not-ok)" in first  # contents, linked
     page = (full_report / "report.html").read_text()
@@ -144,7 +144,7 @@ def _cell_rows(cell_id: str, precision: str, adapter: str, metric: str, value: f
                stat: str | None = "median") -> dict:
     return {"run": "r", "model": "m", "cell_id": cell_id, "precision": precision,
             "adapter": adapter, "metric": metric, "value": value, "stat": stat,
-            "status": "ok", "cell_status": "ok", "rank": None, "seed": 0}
+            "status": "ok", "cell_status": "ok", "rank": None, "seed": 0, "storage": "dense"}
 
 
 def test_throughput_bars_keep_adapters_apart() -> None:
@@ -178,3 +178,19 @@ def test_many_accuracy_panels_wrap_and_draw_intervals() -> None:
     assert width <= MAX_COLUMNS * 5.8 + 0.01  # wrapped into rows, not one 9-panel strip
     assert visible[0].collections and any(
         len(c.get_segments()) for c in visible[0].collections if hasattr(c, "get_segments"))
+
+
+def test_headline_averages_seeds_and_keeps_adapters_apart() -> None:
+    from harness.report import normalize
+    from harness.report.headline import headline_table
+
+    rows = []
+    for seed, loss in ((0, 1.0), (1, 2.0)):
+        row = _cell_rows(f"l{seed}", "fp32", "lora-r8", "heldout_loss_after", loss, None)
+        rows.append({**row, "seed": seed})
+    rows.append(_cell_rows("n0", "fp32", "none", "prefill_peak_bytes", 5e8, None))
+    rows.append(_cell_rows("n0", "fp32", "none", "decode_peak_bytes", 6e8, None))
+    table = headline_table(normalize(pd.DataFrame(rows))).set_index("adapter")
+    assert table.loc["lora-r8", "held-out loss after"] == "1.500"
+    assert table.loc["lora-r8", "seeds"] == 2 and table.loc["none", "seeds"] == 1
+    assert table.loc["none", "inference peak MB"] == "600"  # the larger phase peak
